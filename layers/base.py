@@ -1,0 +1,264 @@
+"""What every backend shares: config, names, capacities, serialisation and encryption.
+
+A backend subclasses :class:`BaseLayer` and adds only its transport. Everything a caller can
+get wrong (a bad name, a message that is not a dict, a value msgpack cannot carry, a message
+too large) is caught here, before any backend state is touched, so bad input can never leave
+half-written state behind or cost another caller a message.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import msgpack
+from channels.exceptions import MessageTooLarge
+from channels.layers import BaseChannelLayer
+
+from layers.crypto import Encryptor
+from layers.errors import ConfigurationError, UndecodableMessage
+
+logger = logging.getLogger("layers")
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_NAME_LENGTH = 100
+
+# Channels' own regexes accept any Unicode word character after the "!"; the contract is
+# ASCII only, because names end up as Redis keys, SQL values and AMQP routing keys.
+_CHANNEL_NAME = re.compile(r"[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?")
+_GROUP_NAME = re.compile(r"[a-zA-Z0-9\-_.]+")
+_NAME_RULE = "ASCII letters, digits, '-', '_' or '.', shorter than 100 characters"
+
+Message = dict[str, Any]
+CapacityPattern = tuple["re.Pattern[str]", int]
+
+
+class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
+    """Base of every channel layer in this package.
+
+    Config (all keyword arguments, every one settings-friendly):
+
+    - ``expiry`` (60): seconds a message waits for a receiver before it is dropped.
+    - ``group_expiry`` (86400): seconds a group membership lasts after its last ``group_add``.
+    - ``capacity`` (100): messages a channel holds before ``send`` raises ``ChannelFull``.
+    - ``channel_capacity`` (``{}``): ``{pattern: capacity}``; a pattern is a glob string or a
+      compiled regex (matched with ``.match``); the first matching pattern wins.
+    - ``prefix`` ("asgi"): namespace of every key, table row or queue the layer owns, so
+      several projects (or tests) can share one server; ``flush`` clears only this prefix.
+    - ``symmetric_encryption_keys`` (None): a list of secrets; messages are encrypted with
+      the first and decrypted with any, so keys can be rotated without downtime.
+    - ``max_message_size`` (1 MiB): the largest encoded message ``send`` accepts.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush", "receive_many"]
+
+    def __init__(
+        self,
+        *,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[Any, int] | None = None,
+        prefix: str = "asgi",
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigurationError(
+                f"{type(self).__name__} got unknown config key(s): "
+                + ", ".join(repr(key) for key in sorted(unknown))
+            )
+        self.expiry = _positive_number("expiry", expiry)
+        self.group_expiry = _positive_number("group_expiry", group_expiry)
+        self.capacity = _positive_int("capacity", capacity)
+        self.max_message_size = _positive_int("max_message_size", max_message_size)
+        if not isinstance(prefix, str) or not _GROUP_NAME.fullmatch(prefix):
+            raise ConfigurationError(f"prefix must be a non-empty string of {_NAME_RULE}")
+        self.prefix = prefix
+        self.channel_capacity: list[CapacityPattern] = compile_capacities(channel_capacity)
+        self._capacity_cache: dict[str, int] = {}
+        self._encryptor = (
+            Encryptor(symmetric_encryption_keys) if symmetric_encryption_keys is not None else None
+        )
+        # Names this instance's process-local channels, so a message to one reaches only us.
+        self.client_prefix = secrets.token_hex(6)
+
+    # -- names ---------------------------------------------------------------------------
+
+    def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
+        if (
+            type(name) is not str
+            or len(name) >= MAX_NAME_LENGTH
+            or not _CHANNEL_NAME.fullmatch(name)
+        ):
+            raise TypeError(f"invalid channel name {name!r}: use {_NAME_RULE}, and at most one '!'")
+        return True
+
+    def require_valid_group_name(self, name: Any) -> bool:
+        if type(name) is not str or len(name) >= MAX_NAME_LENGTH or not _GROUP_NAME.fullmatch(name):
+            raise TypeError(f"invalid group name {name!r}: use {_NAME_RULE}")
+        return True
+
+    def require_valid_channel_names(self, names: Any) -> list[str]:
+        if isinstance(names, str) or not isinstance(names, Iterable):
+            raise TypeError(f"channels must be a list of channel names, not {names!r}")
+        checked = list(names)
+        if not checked:
+            raise TypeError("channels must name at least one channel")
+        for name in checked:
+            self.require_valid_channel_name(name)
+        return checked
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A fresh process-local channel name, ``prefix.<instance>!<random>``."""
+        if not isinstance(prefix, str) or not _GROUP_NAME.fullmatch(prefix):
+            raise TypeError(f"invalid new_channel prefix {prefix!r}: use {_NAME_RULE}")
+        name = f"{prefix}.{self.client_prefix}!{secrets.token_hex(8)}"
+        self.require_valid_channel_name(name)
+        return name
+
+    def is_local_channel(self, name: str) -> bool:
+        """True for a process-local channel created by *this* instance."""
+        return "!" in name and name[: name.index("!")].endswith("." + self.client_prefix)
+
+    # -- capacity ------------------------------------------------------------------------
+
+    def get_capacity(self, channel: str) -> int:
+        if not self.channel_capacity:
+            return self.capacity
+        cached = self._capacity_cache.get(channel)
+        if cached is not None:
+            return cached
+        found = self.capacity
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(channel):
+                found = capacity
+                break
+        # Process-local names are unique and short-lived: cap the cache instead of tracking them.
+        if len(self._capacity_cache) >= 4096:
+            self._capacity_cache.clear()
+        self._capacity_cache[channel] = found
+        return found
+
+    # -- messages ------------------------------------------------------------------------
+
+    def encode(self, message: Any, target: str) -> bytes:
+        """Check and serialise ``message`` bound for ``target`` (a channel or group).
+
+        The bytes are the copy the contract asks for: whatever the caller does to its dict
+        after ``send`` returns cannot reach the receiver.
+        """
+        if not isinstance(message, dict):
+            raise TypeError(f"message to {target!r} must be a dict, not {type(message).__name__}")
+        try:
+            data: bytes = msgpack.packb(message, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(
+                f"message to {target!r} cannot be serialised: {_find_unpackable(message) or exc}"
+            ) from exc
+        if len(data) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message to {target!r} is {len(data)} bytes encoded; "
+                f"max_message_size is {self.max_message_size}"
+            )
+        if self._encryptor is not None:
+            data = self._encryptor.encrypt(data)
+        return data
+
+    def decode(self, data: bytes) -> Message:
+        """Turn bytes from :meth:`encode` back into a message; raises UndecodableMessage."""
+        if self._encryptor is not None:
+            data = self._encryptor.decrypt(data)
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except TypeError:
+            # A tuple used as a map key packs as an array, which cannot be a dict key again
+            # unless arrays come back as tuples.
+            try:
+                message = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=False)
+            except Exception as exc:
+                raise UndecodableMessage(f"message could not be decoded: {exc}") from exc
+        except Exception as exc:
+            raise UndecodableMessage(f"message could not be decoded: {exc}") from exc
+        if not isinstance(message, dict):
+            raise UndecodableMessage(f"decoded message is a {type(message).__name__}, not a dict")
+        return message
+
+    def decode_or_none(self, data: bytes, channel: str) -> Message | None:
+        """Decode, or log and drop a message nobody can read (a wrong key, foreign bytes)."""
+        try:
+            return self.decode(data)
+        except UndecodableMessage as exc:
+            logger.warning("dropping a message on %s: %s", channel, exc)
+            return None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Release connections and tasks; the layer reopens lazily if used again."""
+
+
+def compile_capacities(channel_capacity: Mapping[Any, int] | None) -> list[CapacityPattern]:
+    if channel_capacity is None:
+        return []
+    if not isinstance(channel_capacity, Mapping):
+        raise ConfigurationError(
+            f"channel_capacity must be a dict of pattern -> capacity, not {channel_capacity!r}"
+        )
+    compiled: list[CapacityPattern] = []
+    for pattern, capacity in channel_capacity.items():
+        value = _positive_int(f"channel_capacity[{pattern!r}]", capacity)
+        if isinstance(pattern, re.Pattern):
+            compiled.append((pattern, value))
+        elif isinstance(pattern, str):
+            compiled.append((re.compile(fnmatch.translate(pattern)), value))
+        else:
+            raise ConfigurationError(
+                f"channel_capacity key {pattern!r} must be a glob string or a compiled regex"
+            )
+    return compiled
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"{key} must be a positive number of seconds, not {value!r}")
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
+    return value
+
+
+_PACKABLE_SCALARS = (str, bytes, bytearray, float, bool, type(None))
+
+
+def _find_unpackable(value: Any, path: str = "message") -> str:
+    """Say where in a message the first value msgpack cannot carry sits, and its type."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (*_PACKABLE_SCALARS, int)):
+                return f"{path} has a key of type {type(key).__name__}"
+            found = _find_unpackable(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return ""
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _find_unpackable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            return f"{path} is an int out of the 64-bit range"
+        return ""
+    if isinstance(value, _PACKABLE_SCALARS):
+        return ""
+    return f"{path} is of type {type(value).__name__}"

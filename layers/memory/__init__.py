@@ -1,0 +1,3 @@
+from layers.memory.layer import InMemoryChannelLayer
+
+__all__ = ["InMemoryChannelLayer"]
