@@ -1,0 +1,1 @@
+"""Benchmark any Django Channels layer with the same workloads: ``python -m bench``."""

@@ -1,0 +1,177 @@
+"""Building blocks shared by every workload: tagging, counting, bounded waits, retries.
+
+Every message carries the run id ``r`` and a small sequence number ``s``; receivers tick
+them off in a bytearray, which is what lets us count losses, duplicates and foreign
+(stale) messages at a cost of a few attribute lookups per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.exceptions import ChannelFull
+
+# CLOCK_MONOTONIC on Linux (and its equivalents elsewhere) is system-wide, so stamps
+# taken in a producer process can be subtracted from stamps taken in a consumer process.
+clock = time.perf_counter
+
+MESSAGE_TYPE = "bench.message"
+STOP_TYPE = "bench.stop"
+MAX_BACKOFF = 0.02
+
+
+class WorkloadError(RuntimeError):
+    """A workload could not even start (warm-up failed): reported in the layer's row."""
+
+
+def message(run_id: int, seq: int, text: str) -> dict[str, Any]:
+    return {"type": MESSAGE_TYPE, "r": run_id, "s": seq, "t": clock(), "text": text}
+
+
+@dataclass
+class Tally:
+    """What one process received; ``received`` counts every message, good or not."""
+
+    run_id: int
+    received: int = 0
+    unique: int = 0
+    duplicated: int = 0
+    stale: int = 0
+    last: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "unique": self.unique,
+            "duplicated": self.duplicated,
+            "stale": self.stale,
+            "last": self.last,
+            "latencies": self.latencies,
+        }
+
+
+@dataclass
+class SendStats:
+    sent: int = 0
+    retries: int = 0
+    gave_up: bool = False
+
+
+async def drain(
+    layer: Any, channel: str, seen: bytearray, lo: int, hi: int, tally: Tally, forever: bool
+) -> None:
+    """Receive on ``channel`` until every sequence in [lo, hi) has arrived once.
+
+    With ``forever`` it keeps going (the caller bounds it) so duplicates that arrive
+    after the last expected message are still counted.
+    """
+    remaining = hi - lo - seen[lo:hi].count(1)
+    receive = layer.receive
+    run_id = tally.run_id
+    lat = tally.latencies
+    while remaining or forever:
+        msg = await receive(channel)
+        now = clock()
+        tally.received += 1
+        seq = msg.get("s", -1) if msg.get("r") == run_id else -1
+        if not lo <= seq < hi:
+            tally.stale += 1
+        elif seen[seq]:
+            tally.duplicated += 1
+        else:
+            seen[seq] = 1
+            tally.unique += 1
+            tally.last = now
+            lat.append(now - msg["t"])
+            remaining -= 1
+
+
+async def bounded(work: Awaitable[Any], progress: Callable[[], int], idle: float) -> bool:
+    """Await ``work`` unless ``progress()`` stops moving for ``idle`` seconds.
+
+    A watchdog instead of a timeout around each receive keeps the per-message cost at
+    zero; returns False when the work was abandoned.
+    """
+    task = asyncio.ensure_future(work)
+    last_value, last_change = progress(), clock()
+    tick = min(0.1, idle / 4)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=tick)
+        if done:
+            task.result()
+            return True
+        value, now = progress(), clock()
+        if value != last_value:
+            last_value, last_change = value, now
+        elif now - last_change > idle:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+
+
+async def linger(work: Awaitable[Any], seconds: float) -> None:
+    """Run ``work`` (a forever-drain) for a short while to catch late duplicates."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(work, seconds)
+
+
+async def send_retrying(
+    layer: Any, channel: str, msg: dict[str, Any], stats: SendStats, idle: float
+) -> bool:
+    """Send, backing off on ChannelFull; give up after ``idle`` seconds without room."""
+    try:
+        await layer.send(channel, msg)
+        stats.sent += 1
+        return True
+    except ChannelFull:
+        pass
+    delay = 0.0
+    deadline = clock() + idle
+    while True:
+        stats.retries += 1
+        # The first retry only yields: an in-process consumer drains the channel at once.
+        await asyncio.sleep(delay)
+        try:
+            await layer.send(channel, msg)
+            stats.sent += 1
+            return True
+        except ChannelFull:
+            if clock() > deadline:
+                stats.gave_up = True
+                return False
+        delay = min(delay * 2 or 0.0005, MAX_BACKOFF)
+
+
+async def warm_up(layer: Any, run_id: int, tag: str, count: int, idle: float) -> None:
+    """Open connections and prime both normal and process-local paths before timing."""
+
+    async def exercise() -> None:
+        local = await layer.new_channel()
+        for channel in (f"bench.{run_id}.warm.{tag}", local):
+            for i in range(count):
+                await layer.send(channel, message(run_id, i, "w"))
+                await layer.receive(channel)
+
+    try:
+        await asyncio.wait_for(exercise(), max(idle * 2, 5.0))
+    except TimeoutError:
+        raise WorkloadError("warm-up timed out: the layer did not deliver to itself") from None
+
+
+def percentiles(samples: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99 in milliseconds (nearest rank), None when nothing was measured."""
+    if not samples:
+        return {"p50": None, "p90": None, "p99": None}
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return {
+        f"p{q}": ordered[min(last, max(0, -(-q * len(ordered) // 100) - 1))] * 1000.0
+        for q in (50, 90, 99)
+    }

@@ -1,0 +1,344 @@
+"""The workloads: each is a few roles that run in their own processes (or as tasks of one
+process for in-process layers), plus how their results combine into one measurement.
+
+A role has two phases. ``setup`` warms the layer up and creates whatever the peers must
+know about (process-local channel names, group membership) and returns it as plain data;
+``run`` is the timed part and receives every role's setup data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.probe import (
+    STOP_TYPE,
+    SendStats,
+    Tally,
+    bounded,
+    clock,
+    drain,
+    linger,
+    message,
+    send_retrying,
+    warm_up,
+)
+
+Info = dict[str, Any]
+Peers = dict[str, list[Info]]
+
+
+@dataclass(frozen=True)
+class Params:
+    messages: int = 20_000
+    producers: int = 4
+    round_trips: int = 2_000
+    members: int = 200
+    sends: int = 200
+    channels: int = 2_000
+    per_channel: int = 3
+    payload: int = 100
+    warmup: int = 20
+    idle_timeout: float = 5.0
+    linger: float = 0.2
+
+
+QUICK = Params(
+    messages=400,
+    producers=4,
+    round_trips=100,
+    members=20,
+    sends=20,
+    channels=100,
+    per_channel=2,
+    warmup=5,
+    idle_timeout=2.0,
+    linger=0.05,
+)
+
+
+@dataclass(frozen=True)
+class Ctx:
+    run_id: int
+    params: Params
+    role: str
+    index: int = 0
+
+    def name(self, what: str) -> str:
+        return f"bench.{self.run_id}.{what}"
+
+
+class Role:
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.p = ctx.params
+        self.text = "x" * ctx.params.payload
+
+    async def setup(self, layer: Any) -> Info:
+        await warm_up(layer, self.ctx.run_id, self.ctx.role, self.p.warmup, self.p.idle_timeout)
+        return {}
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        raise NotImplementedError
+
+
+class Collector(Role):
+    """Consumer of one normal channel (throughput, fan-in)."""
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        channel, n = self.ctx.name("in"), self.p.messages
+        seen, tally = bytearray(n), Tally(self.ctx.run_id)
+        done = await bounded(
+            drain(layer, channel, seen, 0, n, tally, False),
+            lambda: tally.received,
+            self.p.idle_timeout,
+        )
+        if done:
+            await linger(drain(layer, channel, seen, 0, n, tally, True), self.p.linger)
+        return tally.as_dict()
+
+
+class Producer(Role):
+    """Sends ``messages`` to one normal channel from ``tasks`` concurrent tasks."""
+
+    tasks = 1
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        channel, n, step = self.ctx.name("in"), self.p.messages, self.tasks
+        stats, run_id, text, idle = SendStats(), self.ctx.run_id, self.text, self.p.idle_timeout
+
+        async def produce(first: int) -> None:
+            for seq in range(first, n, step):
+                if not await send_retrying(layer, channel, message(run_id, seq, text), stats, idle):
+                    return
+
+        start = clock()
+        work = asyncio.gather(*(produce(i) for i in range(step)))
+        await bounded(work, lambda: stats.sent + stats.retries, idle)
+        return {"start": start, "end": clock(), "sent": stats.sent, "retries": stats.retries}
+
+
+class FanInProducer(Producer):
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        self.tasks = max(1, self.p.producers)
+
+
+class RpcServer(Role):
+    """Answers each request on the reply channel it carries, until told to stop."""
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        channel, run_id, idle = self.ctx.name("rpc"), self.ctx.run_id, self.p.idle_timeout
+        stats, tally = SendStats(), Tally(run_id)
+
+        async def serve() -> None:
+            while True:
+                msg = await layer.receive(channel)
+                tally.received += 1
+                if msg.get("type") == STOP_TYPE:
+                    return
+                if msg.get("r") != run_id:
+                    tally.stale += 1
+                    continue
+                reply = {"type": "bench.reply", "r": run_id, "s": msg["s"], "t": msg["t"]}
+                reply["text"] = msg["text"]
+                await send_retrying(layer, msg["reply"], reply, stats, idle)
+
+        await bounded(serve(), lambda: tally.received, idle)
+        return {"stale": tally.stale, "retries": stats.retries}
+
+
+class RpcClient(Role):
+    """Sequential request/reply round trips through a ``new_channel()`` reply channel."""
+
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.reply = await layer.new_channel()
+        return {}
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        server, reply, n = self.ctx.name("rpc"), self.reply, self.p.round_trips
+        run_id, text, idle = self.ctx.run_id, self.text, self.p.idle_timeout
+        stats, tally, seen = SendStats(), Tally(run_id), bytearray(n)
+        lat = tally.latencies
+
+        async def calls() -> None:
+            for seq in range(n):
+                t0 = clock()
+                request = {"type": "bench.request", "r": run_id, "s": seq, "t": t0}
+                request["reply"], request["text"] = reply, text
+                if not await send_retrying(layer, server, request, stats, idle):
+                    return
+                while True:
+                    answer = await layer.receive(reply)
+                    tally.received += 1
+                    got = answer.get("s", -1) if answer.get("r") == run_id else -1
+                    if got == seq:
+                        break
+                    if 0 <= got < n and seen[got]:
+                        tally.duplicated += 1
+                    else:
+                        tally.stale += 1
+                tally.last = clock()
+                lat.append(tally.last - t0)
+                seen[seq] = 1
+                tally.unique += 1
+
+        start = clock()
+        done = await bounded(calls(), lambda: tally.received + stats.retries, idle)
+        await send_retrying(layer, server, {"type": STOP_TYPE}, stats, idle)
+        if done:
+            # Late copies of replies already counted show up here as duplicates.
+            await linger(drain(layer, reply, seen, 0, n, tally, True), self.p.linger)
+        return {**tally.as_dict(), "start": start, "retries": stats.retries}
+
+
+class GroupMembers(Role):
+    """Holds ``members`` process-local channels, all in one group."""
+
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.channels = [await layer.new_channel() for _ in range(self.p.members)]
+        for channel in self.channels:
+            await layer.group_add(self.ctx.name("group"), channel)
+        return {}
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        k, tally = self.p.sends, Tally(self.ctx.run_id)
+        seen = [bytearray(k) for _ in self.channels]
+        pairs = list(zip(self.channels, seen, strict=True))
+
+        def receivers(forever: bool) -> Any:
+            return asyncio.gather(*(drain(layer, c, s, 0, k, tally, forever) for c, s in pairs))
+
+        if await bounded(receivers(False), lambda: tally.received, self.p.idle_timeout):
+            await linger(receivers(True), self.p.linger)
+        return tally.as_dict()
+
+
+class GroupSender(Role):
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        group, run_id, text = self.ctx.name("group"), self.ctx.run_id, self.text
+        sent = 0
+
+        async def send_all() -> None:
+            nonlocal sent
+            for seq in range(self.p.sends):
+                await layer.group_send(group, message(run_id, seq, text))
+                sent += 1
+                # Yield so in-process members can drain; otherwise one uninterrupted burst
+                # would overflow their capacity, which measures the burst, not the layer.
+                await asyncio.sleep(0)
+
+        start = clock()
+        await bounded(send_all(), lambda: sent, self.p.idle_timeout)
+        return {"start": start, "end": clock(), "sent": sent}
+
+
+class ManyOwner(Role):
+    """Thousands of process-local channels in one process, one receiving task each."""
+
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.channels = [await layer.new_channel() for _ in range(self.p.channels)]
+        return {"channels": self.channels}
+
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        per, tally = self.p.per_channel, Tally(self.ctx.run_id)
+        seen = bytearray(per * len(self.channels))
+
+        def receivers(forever: bool) -> Any:
+            return asyncio.gather(
+                *(
+                    drain(layer, c, seen, i * per, (i + 1) * per, tally, forever)
+                    for i, c in enumerate(self.channels)
+                )
+            )
+
+        if await bounded(receivers(False), lambda: tally.received, self.p.idle_timeout):
+            await linger(receivers(True), self.p.linger)
+        return tally.as_dict()
+
+
+class ManySender(Role):
+    async def run(self, layer: Any, peers: Peers) -> Info:
+        channels: list[str] = peers["owner"][0]["channels"]
+        per, run_id, text, idle = self.p.per_channel, self.ctx.run_id, self.text, self.p.idle_timeout
+        stats = SendStats()
+
+        async def send_all() -> None:
+            # Round-robin so every channel has its first message early, as with many clients.
+            for j in range(per):
+                for i, channel in enumerate(channels):
+                    msg = message(run_id, i * per + j, text)
+                    if not await send_retrying(layer, channel, msg, stats, idle):
+                        return
+
+        start = clock()
+        await bounded(send_all(), lambda: stats.sent + stats.retries, idle)
+        return {"start": start, "end": clock(), "sent": stats.sent, "retries": stats.retries}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    unit: str
+    roles: tuple[tuple[str, type[Role]], ...]
+    source: str  # the role whose "start" opens the timed window
+    sink: str  # the role whose tally closes it
+    expected: Callable[[Params], int]
+    summary: str
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            "throughput",
+            "msg/s",
+            (("consumer", Collector), ("producer", Producer)),
+            "producer",
+            "consumer",
+            lambda p: p.messages,
+            "one producer process -> one consumer process, one normal channel",
+        ),
+        Workload(
+            "fan-in",
+            "msg/s",
+            (("consumer", Collector), ("producer", FanInProducer)),
+            "producer",
+            "consumer",
+            lambda p: p.messages,
+            "several concurrent producer tasks -> one channel -> one consumer",
+        ),
+        Workload(
+            "rpc",
+            "rt/s",
+            (("server", RpcServer), ("client", RpcClient)),
+            "client",
+            "client",
+            lambda p: p.round_trips,
+            "sequential request/reply; the reply goes to a new_channel() channel",
+        ),
+        Workload(
+            "group",
+            "deliveries/s",
+            (("members", GroupMembers), ("sender", GroupSender)),
+            "sender",
+            "members",
+            lambda p: p.members * p.sends,
+            "group_send to process-local members of one group in another process",
+        ),
+        Workload(
+            "many-channels",
+            "msg/s",
+            (("owner", ManyOwner), ("sender", ManySender)),
+            "sender",
+            "owner",
+            lambda p: p.channels * p.per_channel,
+            "thousands of process-local channels in one process, a few messages each",
+        ),
+    )
+}
