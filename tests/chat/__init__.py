@@ -1,0 +1,1 @@
+"""A tiny Django Channels chat app: the consumer a user would write, unchanged per backend."""

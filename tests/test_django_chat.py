@@ -1,0 +1,62 @@
+"""A Django Channels consumer works unchanged over our layer, chosen in CHANNEL_LAYERS."""
+
+from __future__ import annotations
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from layers.memory import InMemoryChannelLayer
+from tests.chat.routing import application
+
+MEMORY = {"default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"expiry": 30}}}
+
+
+@override_settings(CHANNEL_LAYERS=MEMORY)
+async def test_two_clients_in_one_room_hear_each_other() -> None:
+    assert isinstance(get_channel_layer(), InMemoryChannelLayer)
+    alice = WebsocketCommunicator(application, "/ws/chat/lobby/")
+    bob = WebsocketCommunicator(application, "/ws/chat/lobby/")
+    stranger = WebsocketCommunicator(application, "/ws/chat/elsewhere/")
+    for client in (alice, bob, stranger):
+        connected, _ = await client.connect()
+        assert connected
+    try:
+        await alice.send_json_to({"text": "hello bob"})
+        assert await alice.receive_json_from(timeout=2) == {"text": "hello bob", "own": True}
+        assert await bob.receive_json_from(timeout=2) == {"text": "hello bob", "own": False}
+        await bob.send_json_to({"text": "hi alice"})
+        assert await alice.receive_json_from(timeout=2) == {"text": "hi alice", "own": False}
+        assert await bob.receive_json_from(timeout=2) == {"text": "hi alice", "own": True}
+        assert await stranger.receive_nothing(timeout=0.2)
+    finally:
+        for client in (alice, bob, stranger):
+            await client.disconnect()
+
+
+@override_settings(CHANNEL_LAYERS=MEMORY)
+async def test_a_client_that_left_hears_nothing() -> None:
+    alice = WebsocketCommunicator(application, "/ws/chat/lobby/")
+    bob = WebsocketCommunicator(application, "/ws/chat/lobby/")
+    await alice.connect()
+    await bob.connect()
+    await bob.disconnect()
+    await alice.send_json_to({"text": "anyone?"})
+    assert await alice.receive_json_from(timeout=2) == {"text": "anyone?", "own": True}
+    # The layer dropped bob's membership: only alice's channel is left in the room.
+    layer = channel_layers["default"]
+    probe = await layer.new_channel()
+    await layer.group_add("chat.lobby", probe)
+    await layer.group_send("chat.lobby", {"type": "chat.message", "text": "x", "sender": probe})
+    assert await alice.receive_json_from(timeout=2) == {"text": "x", "own": False}
+    assert (await layer.receive(probe))["text"] == "x"
+    await alice.disconnect()
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"bogus": 1}}}
+)
+def test_unknown_config_key_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="bogus"):
+        get_channel_layer()
