@@ -65,7 +65,9 @@ def test_bad_channel_names(name: Any) -> None:
         make().require_valid_channel_name(name)
 
 
-@pytest.mark.parametrize("name", ["a", "x" * 99, "chat.room-1_a", "specific.abc!", "specific.abc!x.y"])
+@pytest.mark.parametrize(
+    "name", ["a", "x" * 99, "chat.room-1_a", "specific.abc!", "specific.abc!x.y"]
+)
 def test_good_channel_names(name: str) -> None:
     assert make().require_valid_channel_name(name)
 
@@ -118,7 +120,14 @@ def test_encode_decode_round_trip_and_copy() -> None:
     data = layer.encode(message, "c")
     message["list"].append(3)
     decoded = layer.decode(data)
-    assert decoded == {"type": "m", "list": [1, 2], "bytes": b"\x00", "n": None, "f": 1.5, "tuple": [1]}
+    assert decoded == {
+        "type": "m",
+        "list": [1, 2],
+        "bytes": b"\x00",
+        "n": None,
+        "f": 1.5,
+        "tuple": [1],
+    }
 
 
 def test_unusual_keys_survive() -> None:
@@ -130,7 +139,10 @@ def test_unusual_keys_survive() -> None:
     ("message", "where"),
     [
         ({"type": "m", "bad": {1, 2}}, r"message\['bad'\] is of type set"),
-        ({"type": "m", "deep": [0, {"x": object()}]}, r"message\['deep'\]\[1\]\['x'\] is of type object"),
+        (
+            {"type": "m", "deep": [0, {"x": object()}]},
+            r"message\['deep'\]\[1\]\['x'\] is of type object",
+        ),
         ({"type": "m", "huge": 2**80}, r"message\['huge'\] is an int out of the 64-bit range"),
         ({frozenset(): 1}, r"key of type frozenset"),
     ],

@@ -55,7 +55,9 @@ async def test_a_client_that_left_hears_nothing() -> None:
 
 
 @override_settings(
-    CHANNEL_LAYERS={"default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"bogus": 1}}}
+    CHANNEL_LAYERS={
+        "default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"bogus": 1}}
+    }
 )
 def test_unknown_config_key_is_a_type_error_naming_it() -> None:
     with pytest.raises(TypeError, match="bogus"):

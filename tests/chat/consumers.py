@@ -16,7 +16,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         await self.channel_layer.group_send(
-            self.room, {"type": "chat.message", "text": content["text"], "sender": self.channel_name}
+            self.room,
+            {"type": "chat.message", "text": content["text"], "sender": self.channel_name},
         )
 
     async def chat_message(self, event: dict[str, Any]) -> None:
