@@ -1,0 +1,59 @@
+"""Every number the suite relies on, in one place.
+
+Timeouts are generous enough for a network backend on a loaded CI machine and short
+enough that a broken layer fails in seconds rather than hanging the run.
+"""
+
+from __future__ import annotations
+
+#: Longest any single layer call may take before the test fails as hung.
+OP_TIMEOUT = 5.0
+#: How long a ``receive`` may take to return a message that is already on its way.
+RECEIVE_TIMEOUT = 5.0
+#: How long to listen before concluding that no message is coming.
+QUIET_WAIT = 0.3
+#: Pause that lets a started ``receive`` reach its waiting point.
+SETTLE = 0.1
+#: Overall bound for the many-receiver and cancellation workloads.
+WORKLOAD_TIMEOUT = 10.0
+
+#: ``expiry`` used by the expiry checks, and how long to wait to be past it.
+EXPIRY = 1
+EXPIRY_WAIT = 1.5
+#: ``group_expiry`` used by the membership checks. Layers may round join times to whole
+#: seconds, so a membership is only required to have lapsed a little over a second later.
+GROUP_EXPIRY = 1
+GROUP_EXPIRY_WAIT = 2.3
+#: Re-adding at this interval twice keeps a membership alive under ``GROUP_EXPIRY``.
+GROUP_REFRESH_STEP = 0.6
+
+#: Contract defaults.
+DEFAULT_CAPACITY = 100
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_NAME_LENGTH = 100
+DEFAULT_NEW_CHANNEL_PREFIX = "specific"
+
+#: A payload well over the default ``max_message_size`` once encoded.
+OVERSIZED_PAYLOAD = 2 * 1024 * 1024
+#: A payload comfortably under it, which must still round-trip.
+LARGE_PAYLOAD = 256 * 1024
+
+#: Capacity given to layers in the bulk workloads so that capacity never interferes.
+BULK_CAPACITY = 10_000
+CONCURRENT_RECEIVERS = 20
+CONCURRENT_MESSAGES = 200
+STORM_MESSAGES = 200
+#: How long receivers keep being started and cancelled in the storm.
+STORM_DURATION = 1.0
+#: Bounds for the random lifetime of each receive in the storm, in seconds.
+STORM_MIN_LIFETIME = 0.0005
+STORM_MAX_LIFETIME = 0.02
+RECEIVE_MANY_CALLERS = 10
+RECEIVE_MANY_MESSAGES = 100
+LOCAL_GROUP_MEMBERS = 100
+#: How many ``new_channel`` names must all differ.
+NEW_CHANNEL_SAMPLES = 50
+#: How many times the event-loop checks start a fresh loop.
+LOOP_ROUNDS = 3
+#: Bad input must be rejected at once; a layer that waits instead fails this quickly.
+ERROR_TIMEOUT = 2.0

@@ -1,0 +1,162 @@
+"""Bounded, readable wrappers around layer calls.
+
+Every await on the layer goes through here so that a hung layer fails within a few
+seconds, and an unexpected exception from deep inside a layer is reported as one line
+naming the call, the exception and where it was raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import pytest
+
+from conformance.constants import OP_TIMEOUT, QUIET_WAIT, RECEIVE_TIMEOUT
+
+T = TypeVar("T")
+
+MESSAGE_TYPE = "conformance.message"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Channel and group names unique to one test, so tests can share a server."""
+
+    token: str
+
+    def channel(self, label: str) -> str:
+        return f"{self.token}.{label}"
+
+    def group(self, label: str) -> str:
+        return f"{self.token}-{label}"
+
+
+def message(n: int, **extra: Any) -> dict[str, Any]:
+    return {"type": MESSAGE_TYPE, "n": n, **extra}
+
+
+def describe(exc: BaseException) -> str:
+    """``ValueError('x') at channels/layers.py:123 in get_capacity``."""
+    text = f"{type(exc).__name__}({str(exc)!r})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" at {last.filename}:{last.lineno} in {last.name}"
+    return text
+
+
+def _fail(text: str) -> NoReturn:
+    pytest.fail(text, pytrace=True)
+
+
+async def call(awaitable: Awaitable[T], what: str, within: float = OP_TIMEOUT) -> T:
+    """Await a layer call that must succeed promptly."""
+    try:
+        return await asyncio.wait_for(awaitable, within)
+    except TimeoutError:
+        _fail(f"{what} did not return within {within}s")
+    except Exception as exc:
+        _fail(f"{what} raised {describe(exc)}")
+
+
+async def receive(layer: Any, channel: str, what: str = "", within: float = RECEIVE_TIMEOUT) -> Any:
+    """Receive a message that must arrive."""
+    label = what or f"receive({channel!r})"
+    try:
+        return await asyncio.wait_for(layer.receive(channel), within)
+    except TimeoutError:
+        _fail(f"{label}: no message arrived within {within}s")
+    except Exception as exc:
+        _fail(f"{label} raised {describe(exc)}")
+
+
+async def receive_or_none(layer: Any, channel: str, wait: float = QUIET_WAIT) -> Any:
+    """Receive if a message arrives within ``wait``; ``None`` if the channel stays quiet."""
+    try:
+        return await asyncio.wait_for(layer.receive(channel), wait)
+    except TimeoutError:
+        return None
+    except Exception as exc:
+        _fail(f"receive({channel!r}) raised {describe(exc)}")
+
+
+async def assert_quiet(layer: Any, channel: str, why: str, wait: float = QUIET_WAIT) -> None:
+    """Fail if a message arrives on ``channel`` within ``wait``."""
+    got = await receive_or_none(layer, channel, wait)
+    if got is not None:
+        _fail(f"{why}, but receive({channel!r}) returned {got!r}")
+
+
+async def assert_all_quiet(
+    checks: Iterable[tuple[Any, str]], why: str, wait: float = QUIET_WAIT
+) -> None:
+    """``assert_quiet`` for many channels at once, so the waits overlap."""
+    await asyncio.gather(*(assert_quiet(layer, channel, why, wait) for layer, channel in checks))
+
+
+async def expect_error(
+    expected: type[BaseException],
+    awaitable: Awaitable[Any],
+    what: str,
+    within: float = OP_TIMEOUT,
+) -> BaseException:
+    """Await a call that the contract says must raise ``expected``; return the exception."""
+    try:
+        result = await asyncio.wait_for(awaitable, within)
+    except expected as exc:
+        return exc
+    except TimeoutError:
+        _fail(f"{what} did not return within {within}s; expected {expected.__name__}")
+    except Exception as exc:
+        _fail(f"{what} raised {describe(exc)}; the contract requires {expected.__name__}")
+    _fail(f"{what} returned {result!r}; the contract requires {expected.__name__}")
+
+
+async def drain(layers: Sequence[Any], channel: str, wait: float = QUIET_WAIT) -> list[Any]:
+    """Collect everything still receivable on ``channel`` through any of ``layers``.
+
+    A layer may buffer a message it has taken off the server in the instance that took
+    it, so each instance is drained until none of them yields anything.
+    """
+    collected: list[Any] = []
+    while True:
+        found = False
+        for layer in layers:
+            while (got := await receive_or_none(layer, channel, wait)) is not None:
+                collected.append(got)
+                found = True
+        if not found:
+            return collected
+
+
+def assert_exactly_once(received: Iterable[Any], expected: Iterable[int]) -> None:
+    """Every expected message number was received once: none lost, none twice."""
+    counts = Counter(m["n"] if isinstance(m, dict) else m for m in received)
+    wanted = set(expected)
+    lost = sorted(n for n in wanted if counts[n] == 0)
+    twice = sorted(n for n, c in counts.items() if c > 1)
+    stray = sorted(str(n) for n in counts if n not in wanted)
+    problems = []
+    if lost:
+        problems.append(f"{len(lost)} lost (e.g. {lost[:10]})")
+    if twice:
+        problems.append(f"{len(twice)} delivered more than once (e.g. {twice[:10]})")
+    if stray:
+        problems.append(f"{len(stray)} never sent (e.g. {stray[:10]})")
+    if problems:
+        _fail(f"of {len(wanted)} messages: " + "; ".join(problems))
+
+
+def require_method(layer: Any, name: str, extension: str) -> Any:
+    method = getattr(layer, name, None)
+    if not callable(method):
+        _fail(
+            f"{type(layer).__name__} has no {name}(); the contract requires the "
+            f"{extension!r} extension"
+        )
+    return method
