@@ -265,7 +265,12 @@ class ManyOwner(Role):
 class ManySender(Role):
     async def run(self, layer: Any, peers: Peers) -> Info:
         channels: list[str] = peers["owner"][0]["channels"]
-        per, run_id, text, idle = self.p.per_channel, self.ctx.run_id, self.text, self.p.idle_timeout
+        per, run_id, text, idle = (
+            self.p.per_channel,
+            self.ctx.run_id,
+            self.text,
+            self.p.idle_timeout,
+        )
         stats = SendStats()
 
         async def send_all() -> None:
