@@ -51,42 +51,60 @@ def describe(exc: BaseException) -> str:
 
 
 def _fail(text: str) -> NoReturn:
+    __tracebackhide__ = True
     pytest.fail(text, pytrace=True)
+
+
+class _Problem:
+    """Why an awaited layer call did not give a result; failing outside the ``except``
+    block keeps the report to one line instead of a chain of tracebacks."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+async def _settle(awaitable: Awaitable[T], within: float) -> T | _Problem:
+    try:
+        return await asyncio.wait_for(awaitable, within)
+    except TimeoutError:
+        return _Problem(f"did not return within {within}s")
+    except Exception as exc:
+        return _Problem(f"raised {describe(exc)}")
 
 
 async def call(awaitable: Awaitable[T], what: str, within: float = OP_TIMEOUT) -> T:
     """Await a layer call that must succeed promptly."""
-    try:
-        return await asyncio.wait_for(awaitable, within)
-    except TimeoutError:
-        _fail(f"{what} did not return within {within}s")
-    except Exception as exc:
-        _fail(f"{what} raised {describe(exc)}")
+    __tracebackhide__ = True
+    outcome = await _settle(awaitable, within)
+    if isinstance(outcome, _Problem):
+        _fail(f"{what} {outcome.text}")
+    return outcome
 
 
 async def receive(layer: Any, channel: str, what: str = "", within: float = RECEIVE_TIMEOUT) -> Any:
     """Receive a message that must arrive."""
-    label = what or f"receive({channel!r})"
-    try:
-        return await asyncio.wait_for(layer.receive(channel), within)
-    except TimeoutError:
-        _fail(f"{label}: no message arrived within {within}s")
-    except Exception as exc:
-        _fail(f"{label} raised {describe(exc)}")
+    __tracebackhide__ = True
+    outcome = await _settle(layer.receive(channel), within)
+    if isinstance(outcome, _Problem):
+        _fail(f"{what or f'receive({channel!r})'} {outcome.text}")
+    return outcome
 
 
 async def receive_or_none(layer: Any, channel: str, wait: float = QUIET_WAIT) -> Any:
     """Receive if a message arrives within ``wait``; ``None`` if the channel stays quiet."""
+    __tracebackhide__ = True
     try:
         return await asyncio.wait_for(layer.receive(channel), wait)
     except TimeoutError:
         return None
     except Exception as exc:
-        _fail(f"receive({channel!r}) raised {describe(exc)}")
+        problem = describe(exc)
+    _fail(f"receive({channel!r}) raised {problem}")
 
 
 async def assert_quiet(layer: Any, channel: str, why: str, wait: float = QUIET_WAIT) -> None:
     """Fail if a message arrives on ``channel`` within ``wait``."""
+    __tracebackhide__ = True
     got = await receive_or_none(layer, channel, wait)
     if got is not None:
         _fail(f"{why}, but receive({channel!r}) returned {got!r}")
@@ -96,6 +114,7 @@ async def assert_all_quiet(
     checks: Iterable[tuple[Any, str]], why: str, wait: float = QUIET_WAIT
 ) -> None:
     """``assert_quiet`` for many channels at once, so the waits overlap."""
+    __tracebackhide__ = True
     await asyncio.gather(*(assert_quiet(layer, channel, why, wait) for layer, channel in checks))
 
 
@@ -106,15 +125,18 @@ async def expect_error(
     within: float = OP_TIMEOUT,
 ) -> BaseException:
     """Await a call that the contract says must raise ``expected``; return the exception."""
+    __tracebackhide__ = True
     try:
         result = await asyncio.wait_for(awaitable, within)
     except expected as exc:
         return exc
     except TimeoutError:
-        _fail(f"{what} did not return within {within}s; expected {expected.__name__}")
+        problem = f"did not return within {within}s"
     except Exception as exc:
-        _fail(f"{what} raised {describe(exc)}; the contract requires {expected.__name__}")
-    _fail(f"{what} returned {result!r}; the contract requires {expected.__name__}")
+        problem = f"raised {describe(exc)}"
+    else:
+        problem = f"returned {result!r}"
+    _fail(f"{what} {problem}; the contract requires {expected.__name__}")
 
 
 async def drain(layers: Sequence[Any], channel: str, wait: float = QUIET_WAIT) -> list[Any]:
@@ -123,6 +145,7 @@ async def drain(layers: Sequence[Any], channel: str, wait: float = QUIET_WAIT) -
     A layer may buffer a message it has taken off the server in the instance that took
     it, so each instance is drained until none of them yields anything.
     """
+    __tracebackhide__ = True
     collected: list[Any] = []
     while True:
         found = False
@@ -136,6 +159,7 @@ async def drain(layers: Sequence[Any], channel: str, wait: float = QUIET_WAIT) -
 
 def assert_exactly_once(received: Iterable[Any], expected: Iterable[int]) -> None:
     """Every expected message number was received once: none lost, none twice."""
+    __tracebackhide__ = True
     counts = Counter(m["n"] if isinstance(m, dict) else m for m in received)
     wanted = set(expected)
     lost = sorted(n for n in wanted if counts[n] == 0)
@@ -153,6 +177,7 @@ def assert_exactly_once(received: Iterable[Any], expected: Iterable[int]) -> Non
 
 
 def require_method(layer: Any, name: str, extension: str) -> Any:
+    __tracebackhide__ = True
     method = getattr(layer, name, None)
     if not callable(method):
         _fail(
