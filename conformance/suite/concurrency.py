@@ -142,13 +142,12 @@ class ConcurrentReceiveChecks:
         finally:
             sending.cancel()
         leftover = await drain(instances, channel)
-        try:
-            assert_exactly_once(returned + leftover, range(STORM_MESSAGES))
-        except pytest.fail.Exception as failure:
-            pytest.fail(
-                f"{failure.msg} ({len(returned)} returned during the storm, {len(leftover)} "
-                f"drained after; random seed {seed})"
-            )
+        assert_exactly_once(
+            returned + leftover,
+            range(STORM_MESSAGES),
+            f"{len(returned)} returned during the storm, {len(leftover)} drained after; "
+            f"random seed {seed}",
+        )
 
 
 class ReceiveManyChecks:

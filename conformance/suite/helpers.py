@@ -157,7 +157,9 @@ async def drain(layers: Sequence[Any], channel: str, wait: float = QUIET_WAIT) -
             return collected
 
 
-def assert_exactly_once(received: Iterable[Any], expected: Iterable[int]) -> None:
+def assert_exactly_once(
+    received: Iterable[Any], expected: Iterable[int], context: str = ""
+) -> None:
     """Every expected message number was received once: none lost, none twice."""
     __tracebackhide__ = True
     counts = Counter(m["n"] if isinstance(m, dict) else m for m in received)
@@ -173,7 +175,11 @@ def assert_exactly_once(received: Iterable[Any], expected: Iterable[int]) -> Non
     if stray:
         problems.append(f"{len(stray)} never sent (e.g. {stray[:10]})")
     if problems:
-        _fail(f"of {len(wanted)} messages: " + "; ".join(problems))
+        _fail(
+            f"of {len(wanted)} messages: "
+            + "; ".join(problems)
+            + (f" ({context})" if context else "")
+        )
 
 
 def require_method(layer: Any, name: str, extension: str) -> Any:
