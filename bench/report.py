@@ -31,6 +31,7 @@ class Row:
     duplicated: int = 0
     stale: int = 0
     retries: int = 0
+    errors: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -59,10 +60,14 @@ def aggregate(runs: list[Measurement]) -> list[Row]:
             row.duplicated += m.duplicated
             row.stale += m.stale
             row.retries += m.retries
+            row.errors += m.errors
         errors = sorted({f"{m.stage or 'run'} failed: {m.error}" for m in group if m.error})
         if errors and ok:
             row.notes.append(f"{row.failed_runs} of {row.runs} runs failed")
         row.notes.extend(errors)
+        if row.errors:
+            first = next(m.extra["first_error"] for m in ok if "first_error" in m.extra)
+            row.notes.append(f"layer raised {row.errors} errors, first: {first}")
         if row.stale:
             row.notes.append(f"{row.stale} stale/foreign messages ignored")
         if ok and row.delivered == 0:

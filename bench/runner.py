@@ -45,6 +45,7 @@ class Measurement:
     duplicated: int = 0
     stale: int = 0
     retries: int = 0
+    errors: int = 0
     elapsed: float | None = None
     error: str | None = None
     stage: str | None = None
@@ -215,6 +216,10 @@ def summarize(base: Measurement, params: Params, results: dict[str, Info]) -> Me
     base.duplicated = sum(r.get("duplicated", 0) for r in results.values())
     base.stale = sum(r.get("stale", 0) for r in results.values())
     base.retries = sum(r.get("retries", 0) for r in results.values())
+    base.errors = sum(r.get("errors", 0) for r in results.values())
+    first = next((r["error"] for r in results.values() if r.get("error")), None)
+    if first:
+        base.extra["first_error"] = first
     if base.delivered:
         base.elapsed = max(sink["last"] - source["start"], 1e-9)
         base.rate = base.delivered / base.elapsed

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.probe import (
+    ERROR_PAUSE,
     STOP_TYPE,
+    Errors,
     SendStats,
     Tally,
     bounded,
@@ -89,7 +91,7 @@ class Collector(Role):
 
     async def run(self, layer: Any, peers: Peers) -> Info:
         channel, n = self.ctx.name("in"), self.p.messages
-        seen, tally = bytearray(n), Tally(self.ctx.run_id)
+        seen, tally = bytearray(n), Tally(run_id=self.ctx.run_id)
         done = await bounded(
             drain(layer, channel, seen, 0, n, tally, False),
             lambda: tally.received,
@@ -117,7 +119,7 @@ class Producer(Role):
         start = clock()
         work = asyncio.gather(*(produce(i) for i in range(step)))
         await bounded(work, lambda: stats.sent + stats.retries, idle)
-        return {"start": start, "end": clock(), "sent": stats.sent, "retries": stats.retries}
+        return {"start": start, "end": clock(), **stats.as_dict()}
 
 
 class FanInProducer(Producer):
@@ -131,11 +133,16 @@ class RpcServer(Role):
 
     async def run(self, layer: Any, peers: Peers) -> Info:
         channel, run_id, idle = self.ctx.name("rpc"), self.ctx.run_id, self.p.idle_timeout
-        stats, tally = SendStats(), Tally(run_id)
+        stats, tally = SendStats(), Tally(run_id=run_id)
 
         async def serve() -> None:
             while True:
-                msg = await layer.receive(channel)
+                try:
+                    msg = await layer.receive(channel)
+                except Exception as exc:
+                    tally.record(exc)
+                    await asyncio.sleep(ERROR_PAUSE)
+                    continue
                 tally.received += 1
                 if msg.get("type") == STOP_TYPE:
                     return
@@ -147,7 +154,13 @@ class RpcServer(Role):
                 await send_retrying(layer, msg["reply"], reply, stats, idle)
 
         await bounded(serve(), lambda: tally.received, idle)
-        return {"stale": tally.stale, "retries": stats.retries}
+        errors = tally.errors + stats.errors
+        return {
+            "stale": tally.stale,
+            "retries": stats.retries,
+            "errors": errors,
+            "error": tally.error or stats.error,
+        }
 
 
 class RpcClient(Role):
@@ -161,7 +174,7 @@ class RpcClient(Role):
     async def run(self, layer: Any, peers: Peers) -> Info:
         server, reply, n = self.ctx.name("rpc"), self.reply, self.p.round_trips
         run_id, text, idle = self.ctx.run_id, self.text, self.p.idle_timeout
-        stats, tally, seen = SendStats(), Tally(run_id), bytearray(n)
+        stats, tally, seen = SendStats(), Tally(run_id=run_id), bytearray(n)
         lat = tally.latencies
 
         async def calls() -> None:
@@ -172,7 +185,12 @@ class RpcClient(Role):
                 if not await send_retrying(layer, server, request, stats, idle):
                     return
                 while True:
-                    answer = await layer.receive(reply)
+                    try:
+                        answer = await layer.receive(reply)
+                    except Exception as exc:
+                        tally.record(exc)
+                        await asyncio.sleep(ERROR_PAUSE)
+                        continue
                     tally.received += 1
                     got = answer.get("s", -1) if answer.get("r") == run_id else -1
                     if got == seq:
@@ -192,7 +210,10 @@ class RpcClient(Role):
         if done:
             # Late copies of replies already counted show up here as duplicates.
             await linger(drain(layer, reply, seen, 0, n, tally, True), self.p.linger)
-        return {**tally.as_dict(), "start": start, "retries": stats.retries}
+        result = {**tally.as_dict(), "start": start, "retries": stats.retries}
+        result["errors"] += stats.errors
+        result["error"] = tally.error or stats.error
+        return result
 
 
 class GroupMembers(Role):
@@ -206,7 +227,7 @@ class GroupMembers(Role):
         return {}
 
     async def run(self, layer: Any, peers: Peers) -> Info:
-        k, tally = self.p.sends, Tally(self.ctx.run_id)
+        k, tally = self.p.sends, Tally(run_id=self.ctx.run_id)
         seen = [bytearray(k) for _ in self.channels]
         pairs = list(zip(self.channels, seen, strict=True))
 
@@ -221,20 +242,23 @@ class GroupMembers(Role):
 class GroupSender(Role):
     async def run(self, layer: Any, peers: Peers) -> Info:
         group, run_id, text = self.ctx.name("group"), self.ctx.run_id, self.text
-        sent = 0
+        sent, errors = 0, Errors()
 
         async def send_all() -> None:
             nonlocal sent
             for seq in range(self.p.sends):
-                await layer.group_send(group, message(run_id, seq, text))
-                sent += 1
+                try:
+                    await layer.group_send(group, message(run_id, seq, text))
+                    sent += 1
+                except Exception as exc:
+                    errors.record(exc)
                 # Yield so in-process members can drain; otherwise one uninterrupted burst
                 # would overflow their capacity, which measures the burst, not the layer.
                 await asyncio.sleep(0)
 
         start = clock()
         await bounded(send_all(), lambda: sent, self.p.idle_timeout)
-        return {"start": start, "end": clock(), "sent": sent}
+        return {"start": start, "end": clock(), "sent": sent, **asdict(errors)}
 
 
 class ManyOwner(Role):
@@ -246,7 +270,7 @@ class ManyOwner(Role):
         return {"channels": self.channels}
 
     async def run(self, layer: Any, peers: Peers) -> Info:
-        per, tally = self.p.per_channel, Tally(self.ctx.run_id)
+        per, tally = self.p.per_channel, Tally(run_id=self.ctx.run_id)
         seen = bytearray(per * len(self.channels))
 
         def receivers(forever: bool) -> Any:
@@ -283,7 +307,7 @@ class ManySender(Role):
 
         start = clock()
         await bounded(send_all(), lambda: stats.sent + stats.retries, idle)
-        return {"start": start, "end": clock(), "sent": stats.sent, "retries": stats.retries}
+        return {"start": start, "end": clock(), **stats.as_dict()}
 
 
 @dataclass(frozen=True)
