@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("per-channel", "messages to each channel in many-channels"),
         ("payload", "bytes of text in each message"),
     ):
-        sizes.add_argument(f"--{name}", type=int, metavar="N", help=help_text)
+        field = name.replace("-", "_")
+        default, quick = getattr(Params(), field), getattr(QUICK, field)
+        sizes.add_argument(
+            f"--{name}", type=int, metavar="N", help=f"{help_text} ({default}; quick {quick})"
+        )
     sizes.add_argument(
         "--idle-timeout",
         type=float,
@@ -178,6 +182,7 @@ def _meta(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "repeat": repeat,
         "params": dataclasses.asdict(params),
         "layers": [

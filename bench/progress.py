@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import TextIO
 
 from bench.probe import clock
@@ -16,6 +17,8 @@ class Progress:
         self.label = ""
         self.started = self.job_started = clock()
         self.drawn = 0.0
+        # One column short of the terminal, or a long label would wrap and break "\r".
+        self.width = max(40, shutil.get_terminal_size((100, 20)).columns - 1)
 
     def start(self, label: str) -> None:
         self.label, self.job_started = label, clock()
@@ -36,10 +39,10 @@ class Progress:
             f"[{bar}] {self.done}/{self.total} {self.label} "
             f"{now - self.job_started:5.1f}s (total {now - self.started:.0f}s)"
         )
-        self.stream.write("\r" + line[:150].ljust(100))
+        self.stream.write("\r" + line[: self.width].ljust(self.width))
         self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self.stream.write("\r" + " " * 150 + "\r")
+            self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()

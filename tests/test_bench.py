@@ -250,7 +250,7 @@ class ScriptedLayer:
 
 
 async def test_drain_counts_duplicates_and_foreign_messages() -> None:
-    script = [
+    script: list[dict[str, Any]] = [
         {"r": 1, "s": 0, "t": 0.0},
         {"r": 2, "s": 1, "t": 0.0},  # another run's leftover
         {"r": 1, "s": 0, "t": 0.0},  # duplicate
