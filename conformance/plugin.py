@@ -2,7 +2,7 @@
 
 Registered through the ``pytest11`` entry point, so it is loaded by every pytest run in an
 environment where this package is installed: it imports only pytest and the standard
-library, and does nothing unless its options are used.
+library (``conformance.spec`` is stdlib-only), and does nothing unless its options are used.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 
+from conformance.spec import LayerSpec, load_factory
+
 LAYER = "conformance_layer"
 LAYER_CONFIG = "conformance_layer_config"
 LAYER_LOCAL = "conformance_layer_local"
+
+_spec_key = pytest.StashKey[LayerSpec]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +61,43 @@ def layer_config(config: pytest.Config) -> dict[str, Any]:
     return parsed
 
 
+def layer_spec_from_options(config: pytest.Config) -> LayerSpec | None:
+    """The spec named by ``--layer``, resolved once per run; None without ``--layer``."""
+    path = config.getoption(LAYER)
+    if not path:
+        return None
+    if _spec_key not in config.stash:
+        try:
+            factory = load_factory(path)
+        except (ImportError, ValueError) as exc:
+            raise pytest.UsageError(f"--layer {path!r}: {type(exc).__name__}: {exc}") from None
+        config.stash[_spec_key] = LayerSpec(
+            factory=factory,
+            config=layer_config(config),
+            local=bool(config.getoption(LAYER_LOCAL)),
+        )
+    return config.stash[_spec_key]
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not _is_xdist_worker(config) and bool(config.getoption("numprocesses", None))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # Fail fast on a malformed config rather than once per test.
+    # A malformed config is reported before anything runs, rather than once per test.
     layer_config(config)
+    # The xdist controller never collects, and a usage error raised by a worker is an
+    # internal error, so with -n the layer is resolved here, up front.
+    if _is_xdist_controller(config):
+        layer_spec_from_options(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Resolved after collection, when test directories are importable, yet before any test:
+    # a wrong --layer is then one clear usage error instead of an error per test.
+    if not _is_xdist_worker(session.config):
+        layer_spec_from_options(session.config)

@@ -55,14 +55,14 @@ def load_factory(path: str) -> Callable[..., Any]:
     """Resolve ``package.module:factory`` or ``package.module.ClassName``."""
     if ":" in path:
         module_name, _, attribute_path = path.partition(":")
+        module = importlib.import_module(module_name)
     else:
-        module_name, _, attribute_path = path.rpartition(".")
+        module_name, attribute_path, module = _import_longest_module(path)
     if not module_name or not attribute_path:
         raise ValueError(
             f"cannot read layer {path!r}: expected 'package.module:factory' "
             "or 'package.module.ClassName'"
         )
-    module = importlib.import_module(module_name)
     target: Any = module
     for attribute in attribute_path.split("."):
         try:
@@ -72,3 +72,21 @@ def load_factory(path: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError(f"layer factory {path!r} is not callable: {target!r}")
     return target  # type: ignore[no-any-return]
+
+
+def _import_longest_module(path: str) -> tuple[str, str, Any]:
+    """Split a dotted path into the longest importable module and the attributes after it,
+    so that nested attributes (``pkg.mod.Outer.factory``) resolve too."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only a missing candidate module means "try a shorter one"; anything missing
+            # inside a module that does exist is a real error.
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        return module_name, ".".join(parts[cut:]), module
+    raise ModuleNotFoundError(f"no importable module in {path!r}")

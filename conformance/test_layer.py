@@ -9,22 +9,16 @@ from __future__ import annotations
 import pytest
 
 from conformance import ConformanceSuite, LayerSpec
-from conformance.plugin import LAYER, LAYER_LOCAL, layer_config
-from conformance.spec import load_factory
+from conformance.plugin import layer_spec_from_options
 
 
 class TestLayer(ConformanceSuite):
     @pytest.fixture
     def layer_spec(self, request: pytest.FixtureRequest) -> LayerSpec:
-        path = request.config.getoption(LAYER)
-        if not path:
-            pytest.skip("no --layer given (pytest --pyargs conformance --layer module:factory)")
         try:
-            factory = load_factory(path)
-        except (ImportError, ValueError) as exc:
-            pytest.fail(f"--layer {path!r}: {type(exc).__name__}: {exc}", pytrace=False)
-        return LayerSpec(
-            factory=factory,
-            config=layer_config(request.config),
-            local=bool(request.config.getoption(LAYER_LOCAL)),
-        )
+            spec = layer_spec_from_options(request.config)
+        except pytest.UsageError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        if spec is None:
+            pytest.skip("no --layer given (pytest --pyargs conformance --layer module:factory)")
+        return spec
