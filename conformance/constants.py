@@ -12,6 +12,9 @@ OP_TIMEOUT = 5.0
 RECEIVE_TIMEOUT = 5.0
 #: How long to listen before concluding that no message is coming.
 QUIET_WAIT = 0.3
+#: How long a cancelled layer call may take to finish; a call that swallows the
+#: cancellation is reported instead of hanging the run.
+CANCEL_GRACE = 2.0
 #: Pause that lets a started ``receive`` reach its waiting point.
 SETTLE = 0.1
 #: Overall bound for the many-receiver and cancellation workloads.

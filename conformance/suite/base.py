@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,7 +13,7 @@ from asgiref.sync import async_to_sync
 
 from conformance.constants import OP_TIMEOUT
 from conformance.spec import LayerSpec
-from conformance.suite.helpers import Names, describe
+from conformance.suite.helpers import Names, bounded, describe
 
 LayerFactory = Callable[..., Any]
 
@@ -37,7 +36,7 @@ async def _release(layer: Any, flush: bool) -> None:
         method = getattr(layer, name, None)
         if callable(method):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(method(), OP_TIMEOUT)
+                await bounded(method(), OP_TIMEOUT)
 
 
 class SuiteBase:

@@ -13,6 +13,7 @@ import pytest
 
 from conformance.constants import (
     BULK_CAPACITY,
+    CANCEL_GRACE,
     CONCURRENT_MESSAGES,
     CONCURRENT_RECEIVERS,
     OP_TIMEOUT,
@@ -29,6 +30,7 @@ from conformance.suite.helpers import (
     Names,
     assert_exactly_once,
     assert_quiet,
+    bounded,
     call,
     describe,
     drain,
@@ -66,12 +68,12 @@ async def collect_until(
         await call(produce(), "sending the workload", WORKLOAD_TIMEOUT)
         # Running out of time is reported below, as the messages that never arrived.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(enough.wait(), WORKLOAD_TIMEOUT)
+            await bounded(enough.wait(), WORKLOAD_TIMEOUT)
         await asyncio.sleep(QUIET_WAIT)
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=CANCEL_GRACE)
     if errors:
         pytest.fail(f"a concurrent receive raised {describe(errors[0])}")
     return received
@@ -118,7 +120,9 @@ class ConcurrentReceiveChecks:
             task = asyncio.create_task(layer.receive(channel))
             await asyncio.wait({task}, timeout=rng.uniform(STORM_MIN_LIFETIME, STORM_MAX_LIFETIME))
             task.cancel()
-            await asyncio.wait({task})
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+            if not done:
+                pytest.fail(f"receive was still running {CANCEL_GRACE}s after being cancelled")
             # A receive may complete despite the cancel; then its message counts as returned.
             if not task.cancelled():
                 if task.exception() is not None:
@@ -135,10 +139,12 @@ class ConcurrentReceiveChecks:
 
         sending = asyncio.create_task(producer())
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(storm(layer) for layer in instances)), STORM_DURATION + OP_TIMEOUT
+            await call(
+                asyncio.gather(*(storm(layer) for layer in instances)),
+                "the storm of cancelled receives",
+                STORM_DURATION + OP_TIMEOUT,
             )
-            await asyncio.wait_for(sending, OP_TIMEOUT)
+            await call(sending, "sending the messages", OP_TIMEOUT)
         finally:
             sending.cancel()
         leftover = await drain(instances, channel)
@@ -183,7 +189,7 @@ class ReceiveManyChecks:
                 f"receive_many on empty channels returned {waiting.result()!r}"
             )
             await call(other_layer.send(b, message(1)), "send")
-            got = await asyncio.wait_for(waiting, OP_TIMEOUT)
+            got = await call(waiting, "receive_many started before the send")
         finally:
             waiting.cancel()
         assert got == (b, message(1))

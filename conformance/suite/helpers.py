@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from conformance.constants import OP_TIMEOUT, QUIET_WAIT, RECEIVE_TIMEOUT
+from conformance.constants import CANCEL_GRACE, OP_TIMEOUT, QUIET_WAIT, RECEIVE_TIMEOUT
 
 T = TypeVar("T")
 
@@ -50,6 +50,36 @@ def describe(exc: BaseException) -> str:
     return text
 
 
+class Unresponsive(Exception):
+    """A layer call ran out of time and then ignored being cancelled."""
+
+
+async def bounded(awaitable: Awaitable[T], within: float) -> T:
+    """Like ``asyncio.wait_for``, but never waits unboundedly for a cancelled call to end.
+
+    Raises TimeoutError if the call was cancelled in time, Unresponsive if not. A call
+    that completes despite being cancelled returns its result: for ``receive`` that
+    message has been taken, and dropping it here would look like the layer lost it.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=within)
+        if not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+            if not done:
+                raise Unresponsive(
+                    f"did not return within {within}s, and was still running "
+                    f"{CANCEL_GRACE}s after being cancelled"
+                )
+            if task.cancelled():
+                raise TimeoutError
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return task.result()
+
+
 def _fail(text: str) -> NoReturn:
     __tracebackhide__ = True
     pytest.fail(text, pytrace=True)
@@ -65,9 +95,11 @@ class _Problem:
 
 async def _settle(awaitable: Awaitable[T], within: float) -> T | _Problem:
     try:
-        return await asyncio.wait_for(awaitable, within)
+        return await bounded(awaitable, within)
     except TimeoutError:
         return _Problem(f"did not return within {within}s")
+    except Unresponsive as exc:
+        return _Problem(str(exc))
     except Exception as exc:
         return _Problem(f"raised {describe(exc)}")
 
@@ -94,9 +126,12 @@ async def receive_or_none(layer: Any, channel: str, wait: float = QUIET_WAIT) ->
     """Receive if a message arrives within ``wait``; ``None`` if the channel stays quiet."""
     __tracebackhide__ = True
     try:
-        return await asyncio.wait_for(layer.receive(channel), wait)
+        return await bounded(layer.receive(channel), wait)
     except TimeoutError:
         return None
+    except Unresponsive as exc:
+        problem = str(exc)
+        _fail(f"receive({channel!r}) {problem}")
     except Exception as exc:
         problem = describe(exc)
     _fail(f"receive({channel!r}) raised {problem}")
@@ -127,11 +162,13 @@ async def expect_error(
     """Await a call that the contract says must raise ``expected``; return the exception."""
     __tracebackhide__ = True
     try:
-        result = await asyncio.wait_for(awaitable, within)
+        result = await bounded(awaitable, within)
     except expected as exc:
         return exc
     except TimeoutError:
         problem = f"did not return within {within}s"
+    except Unresponsive as exc:
+        problem = str(exc)
     except Exception as exc:
         problem = f"raised {describe(exc)}"
     else:

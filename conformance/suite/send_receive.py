@@ -13,7 +13,6 @@ from conformance.constants import (
     LARGE_PAYLOAD,
     MAX_NAME_LENGTH,
     NEW_CHANNEL_SAMPLES,
-    OP_TIMEOUT,
     SETTLE,
 )
 from conformance.spec import LayerSpec
@@ -75,7 +74,7 @@ class SendReceiveChecks:
             if waiting.done():
                 pytest.fail(f"receive on an empty channel returned early: {waiting.result()!r}")
             await call(layer.send(channel, message(1)), "send")
-            got = await asyncio.wait_for(waiting, OP_TIMEOUT)
+            got = await call(waiting, "receive started before the send")
         finally:
             waiting.cancel()
         assert got == message(1)
