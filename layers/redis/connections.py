@@ -60,6 +60,7 @@ class ShardClient:
         self.has_blmpop = True
 
     async def _acquire(self) -> AbstractConnection:
+        conn: AbstractConnection
         while self._idle:
             conn = self._idle.pop()
             try:
@@ -70,10 +71,10 @@ class ShardClient:
             except _NETWORK_ERRORS:
                 pass
             await self._discard(conn)
-        conn = self._pool.make_connection()
+        conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
         self._open.add(conn)
         try:
-            await conn.connect()
+            await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             await self._discard(conn)
             raise
@@ -89,7 +90,7 @@ class ShardClient:
         self,
         *args: Any,
         idempotent: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         watch: Watch | None = None,
     ) -> Any:
         """Run one command; ``timeout`` overrides the socket timeout for the reply.
@@ -162,7 +163,7 @@ class ShardClient:
             if writer.transport.get_write_buffer_size():
                 async with asyncio.timeout(self._write_timeout):
                     await writer.drain()
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             await self._discard(conn)
             raise RedisConnectionError(f"writing to {self.address} failed: {exc}") from exc
 

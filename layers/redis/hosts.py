@@ -85,7 +85,9 @@ def _parse_host(host: Any) -> ShardSpec:
 def _from_url(url: str, options: dict[str, Any]) -> ShardSpec:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"hosts URL {url!r} must start with redis://, rediss:// or unix://")
+        raise ConfigurationError(
+            f"hosts URL {url!r} must start with redis://, rediss:// or unix://"
+        )
     if parts.scheme == "unix":
         address = f"unix:{parts.path}"
     else:
@@ -139,7 +141,7 @@ def _from_sentinel(options: dict[str, Any]) -> ShardSpec:
             **sentinel_kwargs,
             "retry": _no_retry(),
         }
-        manager = Sentinel(sentinels, sentinel_kwargs=probe, **kwargs)
-        return SentinelConnectionPool(master_name, manager, **kwargs)
+        manager = Sentinel(sentinels, sentinel_kwargs=probe, **kwargs)  # type: ignore[no-untyped-call]
+        return SentinelConnectionPool(master_name, manager, **kwargs)  # type: ignore[no-untyped-call]
 
     return ShardSpec(address, make_pool)

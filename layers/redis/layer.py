@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -133,8 +134,10 @@ class RedisChannelLayer(BaseLayer):
         data = self.encode(message, channel)
         shard, key = self._route(channel)
         capacity = self.get_capacity(channel)
-        pushed = await self._state().client(shard).script(
-            scripts.send(), [key], [self._expiry_ms, capacity, channel, data]
+        pushed = (
+            await self._state()
+            .client(shard)
+            .script(scripts.send(), [key], [self._expiry_ms, capacity, channel, data])
         )
         if not pushed:
             raise ChannelFull(f"channel {channel!r} is at capacity ({capacity})")
@@ -165,21 +168,19 @@ class RedisChannelLayer(BaseLayer):
         if len(plan) > 1:
             # No single blocking pop covers several shards: take a message that is already
             # waiting atomically, shard by shard, before blocking on all of them at once.
-            for shard, keys in plan:
-                reply = await state.client(shard).script(scripts.receive_many(), list(keys), [])
-                if reply is not None:
-                    offset = await state.client(shard).clock_offset_ms()
-                    self._deliver(reply[0], [reply[1]], offset)
-                    found = self._buffer.pop_nowait(channels)
-                    if found is not None:
-                        return found
+            # Shielded: what the script pops reaches the buffer even if we are cancelled.
+            await asyncio.shield(self._take_waiting(state, plan))
+            found = self._buffer.pop_nowait(channels)
+            if found is not None:
+                return found
         task = asyncio.current_task()
         assert task is not None
         pullers = [state.puller(shard, keys) for shard, keys in plan]
         for puller in pullers:
             puller.add(task)
+        found = None
         try:
-            return await self._buffer.get(channels)
+            found = await self._buffer.get(channels)
         except asyncio.CancelledError:
             error = state.failures.pop(task, None)
             if error is not None and task.uncancel() == 0:
@@ -187,12 +188,31 @@ class RedisChannelLayer(BaseLayer):
             raise
         finally:
             state.failures.pop(task, None)
-            for puller in pullers:
-                blocked = puller.remove(task)
-                if blocked is not None:
-                    # End the pop now, before the caller goes on (to send, say), rather
-                    # than let it take the next message for nobody.
-                    await puller.shard.unblock(blocked)
+            unblocks = [
+                puller.shard.unblock(client_id)
+                for puller in pullers
+                if (client_id := puller.remove(task)) is not None
+            ]
+            if unblocks:
+                # A pop still blocked for nobody would take the next message for nobody.
+                # When we leave empty-handed, end it before the caller goes on (to send,
+                # say); when we hold a message, no await may come between it and the caller.
+                if found is None:
+                    await asyncio.gather(*unblocks)
+                else:
+                    state.spawn(asyncio.gather(*unblocks))
+        return found
+
+    async def _take_waiting(
+        self, state: _LoopState, plan: list[tuple[int, tuple[str, ...]]]
+    ) -> None:
+        for shard, keys in plan:
+            client = state.client(shard)
+            offset = await client.clock_offset_ms()
+            reply = await client.script(scripts.receive_many(), list(keys), [])
+            if reply is not None:
+                self._deliver(reply[0], [reply[1]], offset)
+                return
 
     def _deliver(self, key: bytes, entries: list[bytes], offset_ms: float) -> None:
         """File popped entries into the buffer, by the channel(s) each names."""
@@ -223,8 +243,10 @@ class RedisChannelLayer(BaseLayer):
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
         shard, key = self._group_route(group)
-        await self._state().client(shard).script(
-            scripts.group_add(), [key], [channel, self._group_expiry_ms], idempotent=True
+        await (
+            self._state()
+            .client(shard)
+            .script(scripts.group_add(), [key], [channel, self._group_expiry_ms], idempotent=True)
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
@@ -272,7 +294,12 @@ class RedisChannelLayer(BaseLayer):
             cursor = 0
             while True:
                 cursor, keys = await client.call(
-                    "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", _SCAN_BATCH,
+                    "SCAN",
+                    cursor,
+                    "MATCH",
+                    f"{self.prefix}:*",
+                    "COUNT",
+                    _SCAN_BATCH,
                     idempotent=True,
                 )
                 if keys:
@@ -304,11 +331,18 @@ class _LoopState:
         self.clients: dict[int, ShardClient] = {}
         self.pullers: dict[tuple[int, tuple[str, ...]], Puller] = {}
         self.failures: dict[asyncio.Task[Any], BaseException] = {}
+        self._background: set[asyncio.Future[Any]] = set()
         self._options = {
             "socket_timeout": layer.socket_timeout,
             "socket_connect_timeout": layer.connect_timeout,
             "socket_keepalive": True,
         }
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background, keeping it referenced until it ends."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def client(self, shard: int) -> ShardClient:
         client = self.clients.get(shard)
@@ -372,11 +406,9 @@ def _close_with_loop(
                 logger.debug("closing connections with their loop failed", exc_info=True)
         original()
 
-    try:
+    # Loops that refuse new attributes (uvloop) drop connections when collected instead.
+    with contextlib.suppress(AttributeError):
         loop.close = close  # type: ignore[method-assign]
-    except AttributeError:
-        # Loops that refuse new attributes (uvloop) drop connections when collected.
-        pass
 
 
 def _seconds(key: str, value: Any) -> float:

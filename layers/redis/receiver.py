@@ -154,8 +154,15 @@ class Puller:
         if self.shard.has_blmpop:
             try:
                 reply = await self.shard.call(
-                    "BLMPOP", self._block_timeout, len(keys), *keys, "LEFT", "COUNT", count,
-                    timeout=self._read_timeout, watch=self._watch,
+                    "BLMPOP",
+                    self._block_timeout,
+                    len(keys),
+                    *keys,
+                    "LEFT",
+                    "COUNT",
+                    count,
+                    timeout=self._read_timeout,
+                    watch=self._watch,
                 )
             except ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
