@@ -9,6 +9,7 @@ half-written state behind or cost another caller a message.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import re
 import secrets
@@ -55,6 +56,10 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush", "receive_many"]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _merge_config_signature(cls)
 
     def __init__(
         self,
@@ -201,6 +206,29 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def close(self) -> None:
         """Release connections and tasks; the layer reopens lazily if used again."""
+
+
+def _merge_config_signature(cls: type[BaseLayer]) -> None:
+    """Make ``inspect.signature(cls)`` list every config key, the inherited ones included.
+
+    Backends take their own keys and forward the rest with ``**config``; without this their
+    signature would hide ``prefix``, ``expiry`` and the rest from tools (the conformance
+    suite and the bench look for ``prefix`` to isolate runs) and from ``help()``.
+    """
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return
+    own = inspect.signature(init)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.parameters.values()):
+        return
+    parent = next(base for base in cls.__mro__[1:] if issubclass(base, BaseLayer))
+    inherited = inspect.signature(parent.__init__).parameters.values()
+    params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    names = {p.name for p in params}
+    params += [
+        p for p in inherited if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names
+    ]
+    init.__signature__ = own.replace(parameters=params)
 
 
 def compile_capacities(channel_capacity: Mapping[Any, int] | None) -> list[CapacityPattern]:

@@ -187,3 +187,12 @@ def test_encryption_round_trip_and_key_rotation() -> None:
     with pytest.raises(UndecodableMessage, match="not encrypted with any configured key"):
         old.decode(from_new)
     assert stranger.decode_or_none(from_old, "c") is None
+
+
+def test_backend_signatures_list_inherited_config() -> None:
+    import inspect
+
+    from layers.memory import InMemoryChannelLayer
+
+    parameters = inspect.signature(InMemoryChannelLayer).parameters
+    assert {"prefix", "expiry", "capacity", "channel_capacity"} <= parameters.keys()
