@@ -131,10 +131,9 @@ async def receive_or_none(layer: Any, channel: str, wait: float = QUIET_WAIT) ->
         return None
     except Unresponsive as exc:
         problem = str(exc)
-        _fail(f"receive({channel!r}) {problem}")
     except Exception as exc:
-        problem = describe(exc)
-    _fail(f"receive({channel!r}) raised {problem}")
+        problem = f"raised {describe(exc)}"
+    _fail(f"receive({channel!r}) {problem}")
 
 
 async def assert_quiet(layer: Any, channel: str, why: str, wait: float = QUIET_WAIT) -> None:
