@@ -11,7 +11,7 @@ OP_TIMEOUT = 5.0
 #: How long a ``receive`` may take to return a message that is already on its way.
 RECEIVE_TIMEOUT = 5.0
 #: How long to listen before concluding that no message is coming.
-QUIET_WAIT = 0.3
+QUIET_WAIT = 0.25
 #: How long a cancelled layer call may take to finish; a call that swallows the
 #: cancellation is reported instead of hanging the run.
 CANCEL_GRACE = 2.0

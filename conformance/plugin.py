@@ -70,7 +70,14 @@ def layer_spec_from_options(config: pytest.Config) -> LayerSpec | None:
         try:
             factory = load_factory(path)
         except (ImportError, ValueError) as exc:
-            raise pytest.UsageError(f"--layer {path!r}: {type(exc).__name__}: {exc}") from None
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError):
+                # The usual cause: plain `pytest` does not put the current directory on
+                # sys.path the way `python -m pytest` does.
+                hint = " (install it, or run `python -m pytest` from the directory holding it)"
+            raise pytest.UsageError(
+                f"--layer {path!r}: {type(exc).__name__}: {exc}{hint}"
+            ) from None
         config.stash[_spec_key] = LayerSpec(
             factory=factory,
             config=layer_config(config),
