@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,7 +178,7 @@ def _meta(
     argv: Sequence[str], targets: list[Target], params: Params, repeat: int
 ) -> dict[str, Any]:
     return {
-        "command": " ".join(["python -m bench", *(_scrub(a) for a in argv)]),
+        "command": shlex.join(["python", "-m", "bench", *(_scrub(a) for a in argv)]),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -241,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_stdout = args.json == "-"
     show = not (args.no_progress or to_stdout) and sys.stderr.isatty()
     progress = Progress(len(jobs), sys.stderr, enabled=show)
+    meta = _meta(argv, targets, params, args.repeat)  # taken now: start time, load before
     try:
         runs = run_all(jobs, args.timeout, progress)
     finally:
@@ -249,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not to_stdout:
         sys.stdout.write(markdown(rows))
     if args.json:
-        text = json.dumps(json_document(rows, runs, _meta(argv, targets, params, args.repeat)))
+        text = json.dumps(json_document(rows, runs, meta))
         if to_stdout:
             sys.stdout.write(text + "\n")
         else:

@@ -148,7 +148,9 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_yscale("log")
         ax.set_xticks(range(len(workloads)), workloads)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = ax_rate.get_legend_handles_labels()
+    # One legend above both charts: inside either it would cover the tallest bars.
+    fig.legend(handles, labels, loc="upper center", ncol=min(3, len(layers)), fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -90,22 +90,39 @@ def load_factory(path: str) -> Any:
 
 
 def accepts_prefix(factory: Any) -> bool:
-    """True when ``prefix`` is a named parameter, not merely swallowed by ``**kwargs``.
+    """True when ``prefix`` is a named parameter of the factory or of a base class that
+    its ``**kwargs`` are forwarded to.
 
-    Channels' own in-memory layer takes ``**kwargs`` and ignores them, so passing a prefix
-    there would be harmless but meaningless; a layer with a real ``prefix`` uses it to
-    namespace server-side state, which is what keeps runs from seeing each other.
+    Our layers take ``**config`` and hand it to ``BaseLayer``, which names ``prefix``;
+    Channels' in-memory layer takes ``**kwargs`` that end at a base without one, so a
+    prefix there would be meaningless. A real prefix namespaces server-side state, which
+    is what keeps runs from seeing each other's leftovers.
     """
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    if not inspect.isclass(factory):
+        return _names_prefix(factory) is True
+    for cls in factory.__mro__:
+        if "__init__" in vars(cls):
+            verdict = _names_prefix(vars(cls)["__init__"])
+            if verdict is not None:
+                return verdict
+    return False
+
+
+def _names_prefix(function: Any) -> bool | None:
+    """True/False if the signature settles it, None if it passes ``**kwargs`` along."""
     try:
-        params = inspect.signature(target).parameters
+        params = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
     param = params.get("prefix")
-    return param is not None and param.kind in (
+    if param is not None and param.kind in (
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         inspect.Parameter.KEYWORD_ONLY,
-    )
+    ):
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return False
 
 
 def build_layer(target: Target, prefix: str) -> Any:

@@ -182,8 +182,11 @@ class RpcClient(Role):
                 t0 = clock()
                 request = {"type": "bench.request", "r": run_id, "s": seq, "t": t0}
                 request["reply"], request["text"] = reply, text
+                failed = stats.errors
                 if not await send_retrying(layer, server, request, stats, idle):
                     return
+                if stats.errors != failed:
+                    continue  # the request raised: no reply to wait for, it counts as lost
                 while True:
                     try:
                         answer = await layer.receive(reply)

@@ -27,6 +27,7 @@ from bench.targets import (
     REDIS_CLASS,
     TargetError,
     accepts_prefix,
+    load_factory,
     parse_target,
     redact,
 )
@@ -238,6 +239,7 @@ def test_redact_and_prefix_detection() -> None:
     from channels_redis.core import RedisChannelLayer
 
     assert accepts_prefix(RedisChannelLayer)
+    assert accepts_prefix(load_factory(MEMORY_CLASS))  # **config forwarded to BaseLayer
     assert not accepts_prefix(ChannelsMemoryLayer)  # takes **kwargs, no prefix of its own
 
 
