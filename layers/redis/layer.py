@@ -267,8 +267,7 @@ class RedisChannelLayer(BaseLayer):
             return
         # shard -> list key -> members: one entry per list, naming every member it serves.
         lists: dict[int, dict[str, list[str]]] = {}
-        for member in members:
-            channel = member.decode()
+        for channel in members.decode().split(","):
             target_shard, target_key = self._route(channel)
             lists.setdefault(target_shard, {}).setdefault(target_key, []).append(channel)
         calls = []
