@@ -89,12 +89,20 @@ class SendStats(Errors):
 
 
 async def drain(
-    layer: Any, channel: str, seen: bytearray, lo: int, hi: int, tally: Tally, forever: bool
+    layer: Any,
+    channel: str,
+    seen: bytearray,
+    lo: int,
+    hi: int,
+    tally: Tally,
+    forever: bool,
+    progress: asyncio.Event | None = None,
 ) -> None:
     """Receive on ``channel`` until every sequence in [lo, hi) has arrived once.
 
     With ``forever`` it keeps going (the caller bounds it) so duplicates that arrive
-    after the last expected message are still counted.
+    after the last expected message are still counted. ``progress`` is set on every new
+    message, for a workload that reports back how far its receivers have got.
     """
     remaining = hi - lo - seen[lo:hi].count(1)
     receive = layer.receive
@@ -120,6 +128,8 @@ async def drain(
             tally.last = now
             lat.append(now - msg["t"])
             remaining -= 1
+            if progress is not None:
+                progress.set()
 
 
 async def bounded(work: Awaitable[Any], progress: Callable[[], int], idle: float) -> bool:
