@@ -96,6 +96,8 @@ def _from_url(url: str, options: dict[str, Any]) -> ShardSpec:
             address += parts.path
 
     def make_pool(defaults: dict[str, Any]) -> ConnectionPool:
+        if parts.scheme == "unix":
+            defaults = _without_tcp_options(defaults)
         return ConnectionPool.from_url(url, **{**defaults, **options, "retry": _no_retry()})
 
     return ShardSpec(address, make_pool)
@@ -110,6 +112,8 @@ def _from_kwargs(options: dict[str, Any]) -> ShardSpec:
         address += f"/{options['db']}"
 
     def make_pool(defaults: dict[str, Any]) -> ConnectionPool:
+        if "path" in options:
+            defaults = _without_tcp_options(defaults)
         kwargs = {**defaults, **options, "retry": _no_retry()}
         if kwargs.pop("ssl", False):
             kwargs["connection_class"] = SSLConnection
@@ -120,6 +124,11 @@ def _from_kwargs(options: dict[str, Any]) -> ShardSpec:
         return ConnectionPool(**kwargs)
 
     return ShardSpec(address, make_pool)
+
+
+def _without_tcp_options(defaults: dict[str, Any]) -> dict[str, Any]:
+    # redis-py's unix socket connections reject TCP-only keywords.
+    return {key: value for key, value in defaults.items() if key != "socket_keepalive"}
 
 
 def _from_sentinel(options: dict[str, Any]) -> ShardSpec:

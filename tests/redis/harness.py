@@ -37,8 +37,14 @@ def ping(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
 class RedisProcess:
     """One redis-server; ``restart()`` brings it back on the same port (empty)."""
 
-    def __init__(self, workdir: Path, extra: list[str] | None = None, sentinel: bool = False):
-        self.port = free_port()
+    def __init__(
+        self,
+        workdir: Path,
+        extra: list[str] | None = None,
+        sentinel: bool = False,
+        port: int | None = None,
+    ):
+        self.port = free_port() if port is None else port
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra = list(extra or [])
@@ -79,9 +85,15 @@ class RedisProcess:
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def _ready(self) -> bool:
-        if "--port" in self.extra and self.extra[self.extra.index("--port") + 1] == "0":
-            socket_path = self.extra[self.extra.index("--unixsocket") + 1]
-            return os.path.exists(socket_path)
+        if "--unixsocket" in self.extra:
+            return os.path.exists(self.extra[self.extra.index("--unixsocket") + 1])
+        if "--tls-port" in self.extra:
+            port = int(self.extra[self.extra.index("--tls-port") + 1])
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
         return ping(self.port)
 
     def stop(self) -> None:
