@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from layers.memory import InMemoryChannelLayer
 from tests.chat.routing import application
+from tests.conftest import in_ci
 
 MEMORY = {"default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"expiry": 30}}}
 
 
-@override_settings(CHANNEL_LAYERS=MEMORY)
-async def test_two_clients_in_one_room_hear_each_other() -> None:
-    assert isinstance(get_channel_layer(), InMemoryChannelLayer)
+def redis_settings() -> dict[str, Any]:
+    pytest.importorskip("redis", reason="the [redis] extra is not installed")
+    from tests.redis.harness import ping
+
+    if not ping(6379):
+        reason = "no Redis server answers on 127.0.0.1:6379"
+        if in_ci():
+            pytest.fail(reason + " (CI is set)")
+        pytest.skip(reason)
+    config = {"hosts": ["redis://127.0.0.1:6379/0"], "prefix": "django" + uuid.uuid4().hex[:8]}
+    return {"default": {"BACKEND": "layers.redis.RedisChannelLayer", "CONFIG": config}}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The same consumer, unchanged, over each backend chosen only in CHANNEL_LAYERS."""
+    layers = MEMORY if request.param == "memory" else redis_settings()
+    with override_settings(CHANNEL_LAYERS=layers):
+        yield layers["default"]["BACKEND"]
+        layer = channel_layers["default"]
+        await layer.flush()
+        await layer.close()
+
+
+async def test_two_clients_in_one_room_hear_each_other(backend: str) -> None:
+    assert type(get_channel_layer()).__module__.startswith(backend.rsplit(".", 1)[0])
     alice = WebsocketCommunicator(application, "/ws/chat/lobby/")
     bob = WebsocketCommunicator(application, "/ws/chat/lobby/")
     stranger = WebsocketCommunicator(application, "/ws/chat/elsewhere/")
@@ -35,8 +62,7 @@ async def test_two_clients_in_one_room_hear_each_other() -> None:
             await client.disconnect()
 
 
-@override_settings(CHANNEL_LAYERS=MEMORY)
-async def test_a_client_that_left_hears_nothing() -> None:
+async def test_a_client_that_left_hears_nothing(backend: str) -> None:
     alice = WebsocketCommunicator(application, "/ws/chat/lobby/")
     bob = WebsocketCommunicator(application, "/ws/chat/lobby/")
     await alice.connect()
