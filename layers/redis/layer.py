@@ -43,6 +43,11 @@ class RedisChannelLayer(BaseLayer):
       before calls raise :class:`~layers.errors.BackendUnavailable` naming it.
     - ``local_batch`` (100): entries the receive loop of this instance's process-local
       channels takes off Redis per pop.
+    - ``prefetch`` (0): extra messages of an ordinary channel a waiting receive may take
+      off Redis along with its own, kept in this instance's buffer for the next receives.
+      Raises one consumer's throughput (fewer round trips) at the cost of fairness: up to
+      ``prefetch`` messages wait in this process while receivers elsewhere may be idle,
+      and they are lost if the process dies before receiving them.
 
     Capacity of a process-local channel: ``send`` checks it against the list all of this
     instance's local channels (of one ``new_channel`` prefix) share, so it bites only
@@ -59,6 +64,7 @@ class RedisChannelLayer(BaseLayer):
         connect_timeout: float = 2.0,
         retry_timeout: float = 5.0,
         local_batch: int = 100,
+        prefetch: int = 0,
         **config: Any,
     ) -> None:
         super().__init__(**config)
@@ -70,6 +76,9 @@ class RedisChannelLayer(BaseLayer):
         if isinstance(local_batch, bool) or not isinstance(local_batch, int) or local_batch < 1:
             raise ConfigurationError(f"local_batch must be a positive integer, not {local_batch!r}")
         self.local_batch = local_batch
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 99:
+            raise ConfigurationError(f"prefetch must be an integer from 0 to 99, not {prefetch!r}")
+        self.prefetch = prefetch
         self._expiry_ms = max(1, round(self.expiry * 1000))
         self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
         self._buffer: LocalQueues[bytes] = LocalQueues(
@@ -361,6 +370,7 @@ class _LoopState:
                 keys,
                 drain=drain,
                 batch=layer.local_batch if drain else 100,
+                prefetch=layer.prefetch,
                 block_timeout=layer.block_timeout,
                 read_timeout=layer.block_timeout + layer.socket_timeout,
                 retry_timeout=layer.retry_timeout,

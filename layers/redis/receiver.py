@@ -46,6 +46,7 @@ class Puller:
         *,
         drain: bool,
         batch: int,
+        prefetch: int,
         block_timeout: float,
         read_timeout: float,
         retry_timeout: float,
@@ -58,6 +59,7 @@ class Puller:
         self.keys = keys
         self.drain = drain
         self._batch = batch
+        self._prefetch = prefetch
         self._block_timeout = block_timeout
         self._read_timeout = read_timeout
         self._retry_timeout = retry_timeout
@@ -149,7 +151,10 @@ class Puller:
             self._on_exit(self)
 
     async def _pop(self) -> tuple[bytes, list[bytes]] | None:
-        count = self._batch if self.drain else max(1, min(len(self.receivers), self._batch))
+        if self.drain:
+            count = self._batch
+        else:
+            count = max(1, min(len(self.receivers) + self._prefetch, self._batch))
         keys = self.keys
         if self.shard.has_blmpop:
             try:
