@@ -73,6 +73,9 @@ class ShardClient:
             await self._discard(conn)
         conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
         self._open.add(conn)
+        # A new connection may reach a different machine (Sentinel failover): measure its
+        # clock again on next need.
+        self._clock_offset_ms = None
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:
@@ -201,6 +204,11 @@ class ShardClient:
         self._idle.clear()
         for conn in list(self._open):
             await self._discard(conn)
+        # Sentinel pools keep clients of their own for asking the sentinels.
+        manager = getattr(self._pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            with contextlib.suppress(Exception):
+                await sentinel.aclose()
 
     def abandon(self) -> None:
         """Drop every connection of a loop that is already closed (nothing can be awaited)."""
