@@ -33,6 +33,7 @@ from layers.redis.scripts import Script
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
+_UNBLOCK_TIMEOUT = 1.0
 
 
 class Watch:
@@ -172,9 +173,11 @@ class ShardClient:
 
     async def unblock(self, client_id: int) -> None:
         """End another connection's blocking pop as if it had timed out (it pops nothing)."""
-        # Best effort: if it fails, the pop ends by itself within block_timeout.
+        # Best effort, and quick (a cancelled receive waits for it): if it fails, the pop
+        # ends by itself within block_timeout.
         with contextlib.suppress(Exception):
-            await self.call("CLIENT", "UNBLOCK", client_id, idempotent=True)
+            async with asyncio.timeout(_UNBLOCK_TIMEOUT):
+                await self.call("CLIENT", "UNBLOCK", client_id)
 
     async def script(
         self, script: Script, keys: list[Any], args: list[Any], *, idempotent: bool = False
