@@ -235,7 +235,7 @@ def _pack(args: tuple[Any, ...]) -> bytes:
             data = arg
         elif isinstance(arg, str):
             data = arg.encode()
-        elif isinstance(arg, int | float):
+        elif isinstance(arg, (int, float)):
             data = repr(arg).encode()
         else:
             raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
