@@ -110,6 +110,11 @@ class ShardClient:
             except _NETWORK_ERRORS as exc:
                 error: BaseException = exc
             else:
+                if watch is not None and _cancel_was_swallowed():
+                    # Don't start a blocking pop for a task already told to stop: it would
+                    # hold its loop's shutdown for up to block_timeout.
+                    self._idle.append(conn)
+                    raise asyncio.CancelledError
                 try:
                     if watch is None:
                         await self._write(conn, _pack(args))
@@ -225,6 +230,18 @@ class ShardClient:
                 with contextlib.suppress(OSError):
                     sock.close()
         self._open.clear()
+
+
+def _cancel_was_swallowed() -> bool:
+    """True if this task was cancelled but is still running.
+
+    Python 3.11's ``asyncio.wait_for`` (which redis-py's ``connect`` uses) drops a
+    cancellation that arrives as its inner future finishes; the task goes on with
+    ``cancelling()`` still set. Seen as ``async_to_sync`` calls taking 10 s each: the loop's
+    shutdown cancelled a receive loop mid-connect, and it went on to block on the server.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:

@@ -106,6 +106,10 @@ class Puller:
                 await task
 
     def _wanted(self) -> bool:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled, but a library swallowed it on the way (see connections.py).
+            return False
         if self.receivers:
             return True
         return self.drain and time.monotonic() - self._last_receiver < self._linger

@@ -23,8 +23,12 @@ def connected_clients(server: RedisProcess) -> int:
         admin.close()
 
 
+# A hang detector, not a speed target: with the receive loop's blocking pop outliving its
+# loop's shutdown (Python 3.11's wait_for swallowing the cancel), each call took a whole
+# block_timeout.
+@pytest.mark.timeout(30)
 def test_connections_close_with_their_loop(own_server: RedisProcess, prefix: str) -> None:
-    layer = RedisChannelLayer(hosts=[own_server.url], prefix=prefix)
+    layer = RedisChannelLayer(hosts=[own_server.url], prefix=prefix, block_timeout=20)
 
     async def use() -> None:
         channel = await layer.new_channel()
