@@ -132,6 +132,20 @@ async def drain(
                 progress.set()
 
 
+async def receive_counted(layer: Any, channel: str, tally: Tally) -> dict[str, Any]:
+    """Receive one message, counting it; a receive that raises is recorded and retried,
+    so a consumer outlives its layer's errors and the run can count what they cost."""
+    while True:
+        try:
+            msg: dict[str, Any] = await layer.receive(channel)
+        except Exception as exc:
+            tally.record(exc)
+            await asyncio.sleep(ERROR_PAUSE)
+            continue
+        tally.received += 1
+        return msg
+
+
 async def bounded(work: Awaitable[Any], progress: Callable[[], int], idle: float) -> bool:
     """Await ``work`` unless ``progress()`` stops moving for ``idle`` seconds.
 

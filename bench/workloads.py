@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.probe import (
-    ERROR_PAUSE,
     STOP_TYPE,
     Errors,
     SendStats,
@@ -25,6 +24,7 @@ from bench.probe import (
     drain,
     linger,
     message,
+    receive_counted,
     send_retrying,
     warm_up,
 )
@@ -138,13 +138,7 @@ class RpcServer(Role):
 
         async def serve() -> None:
             while True:
-                try:
-                    msg = await layer.receive(channel)
-                except Exception as exc:
-                    tally.record(exc)
-                    await asyncio.sleep(ERROR_PAUSE)
-                    continue
-                tally.received += 1
+                msg = await receive_counted(layer, channel, tally)
                 if msg.get("type") == STOP_TYPE:
                     return
                 if msg.get("r") != run_id:
@@ -189,13 +183,7 @@ class RpcClient(Role):
                 if stats.errors != failed:
                     continue  # the request raised: no reply to wait for, it counts as lost
                 while True:
-                    try:
-                        answer = await layer.receive(reply)
-                    except Exception as exc:
-                        tally.record(exc)
-                        await asyncio.sleep(ERROR_PAUSE)
-                        continue
-                    tally.received += 1
+                    answer = await receive_counted(layer, reply, tally)
                     got = answer.get("s", -1) if answer.get("r") == run_id else -1
                     if got == seq:
                         break
