@@ -13,8 +13,10 @@ __all__ = [
     "BackendUnavailable",
     "ChannelFull",
     "ConfigurationError",
+    "ForeignChannel",
     "LayerError",
     "MessageTooLarge",
+    "ServerError",
     "UndecodableMessage",
 ]
 
@@ -30,6 +32,31 @@ class BackendUnavailable(LayerError, ConnectionError):
         self.address = address
         self.reason = reason
         super().__init__(f"channel layer backend at {address} is unavailable: {reason}")
+
+
+class ServerError(LayerError):
+    """The server answered a command with an error (out of memory, read-only replica after
+    a failover, a permission the account lacks); ``address`` names the server."""
+
+    def __init__(self, address: str, reason: str | BaseException) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"channel layer backend at {address} refused a command: {reason}")
+
+
+class ForeignChannel(LayerError, ValueError):
+    """A receive on a process-local channel that another layer instance owns.
+
+    Its messages only ever reach the instance that made it with ``new_channel()``, so such a
+    receive could never return: it fails at once instead.
+    """
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        super().__init__(
+            f"cannot receive on {channel!r}: it is a process-local channel of another layer "
+            "instance (only the instance whose new_channel() made it can receive on it)"
+        )
 
 
 class ConfigurationError(LayerError, TypeError):
