@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,11 +164,45 @@ def test_bad_timeouts(option: str) -> None:
         RedisChannelLayer(no_such_option=1)
 
 
-def test_shard_hash_is_stable_and_consistent() -> None:
-    # Pinned: every process and every release must agree on where a name lives.
-    assert [shard_index(name, 3) for name in ("a", "b", "specific.abc!", "group")] == [
-        shard_index(name, 3) for name in ("a", "b", "specific.abc!", "group")
-    ]
+# Pinned: every process and every release must agree on where a name lives, so a change of
+# the hash (another digest, byte order or jump constant) must fail here, not move data.
+PINNED_NAMES = ("a", "b", "specific.abc!", "group", "chat.lobby", "asgi", "x" * 99)
+PINNED_SHARDS = {
+    2: [0, 0, 1, 0, 0, 0, 0],
+    3: [0, 0, 1, 0, 0, 0, 0],
+    5: [0, 0, 4, 4, 0, 0, 0],
+    10: [6, 8, 5, 4, 0, 0, 0],
+    1000: [379, 335, 31, 703, 186, 897, 975],
+}
+
+
+def reference_shard(name: str, buckets: int) -> int:
+    """The documented formula, written out again from the paper (Lamping and Veach 2014,
+    figure 1) over the first 8 bytes of BLAKE2b, big-endian."""
+    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) % 2**64
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+@pytest.mark.parametrize("buckets", sorted(PINNED_SHARDS))
+def test_shard_hash_is_pinned(buckets: int) -> None:
+    assert [shard_index(name, buckets) for name in PINNED_NAMES] == PINNED_SHARDS[buckets]
+    assert [reference_shard(name, buckets) for name in PINNED_NAMES] == PINNED_SHARDS[buckets]
+
+
+def test_shard_hash_matches_the_documented_formula() -> None:
+    assert hashlib.blake2b(b"a", digest_size=8).hexdigest() == "40f89e395b66422f"
+    for buckets in (1, 2, 3, 4, 7, 16, 100):
+        for i in range(300):
+            name = f"channel{i}"
+            assert shard_index(name, buckets) == reference_shard(name, buckets), (name, buckets)
+
+
+def test_shard_hash_is_consistent() -> None:
     assert [jump_hash(key, 10) for key in (0, 1, 2, 256)] == [0, 6, 6, 3]
     names = [f"channel{i}" for i in range(3000)]
     moved = [n for n in names if shard_index(n, 3) != shard_index(n, 4)]
