@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,18 +66,28 @@ async def test_two_clients_in_one_room_hear_each_other(backend: str) -> None:
 async def test_a_client_that_left_hears_nothing(backend: str) -> None:
     alice = WebsocketCommunicator(application, "/ws/chat/lobby/")
     bob = WebsocketCommunicator(application, "/ws/chat/lobby/")
-    await alice.connect()
-    await bob.connect()
+    assert (await alice.connect())[0]
+    assert (await bob.connect())[0]
+    await bob.send_json_to({"whoami": True})
+    bobs_channel = (await bob.receive_json_from(timeout=2))["channel"]
+    # Leaving runs the consumer's disconnect handler, which calls group_discard.
     await bob.disconnect()
     await alice.send_json_to({"text": "anyone?"})
     assert await alice.receive_json_from(timeout=2) == {"text": "anyone?", "own": True}
-    # The layer dropped bob's membership: only alice's channel is left in the room.
+    # Bob's channel still exists in the layer; had group_discard done nothing, the group
+    # message would be queued there ahead of this marker (channels are FIFO).
     layer = channel_layers["default"]
+    await layer.send(bobs_channel, {"type": "marker"})
+    first = await asyncio.wait_for(layer.receive(bobs_channel), 5)
+    assert first == {"type": "marker"}, f"{bobs_channel} still got a group message: {first}"
+    # The room still works for those in it, new members included.
     probe = await layer.new_channel()
     await layer.group_add("chat.lobby", probe)
     await layer.group_send("chat.lobby", {"type": "chat.message", "text": "x", "sender": probe})
     assert await alice.receive_json_from(timeout=2) == {"text": "x", "own": False}
-    assert (await layer.receive(probe))["text"] == "x"
+    assert (await asyncio.wait_for(layer.receive(probe), 5))["text"] == "x"
+    await layer.send(bobs_channel, {"type": "marker", "n": 2})
+    assert await asyncio.wait_for(layer.receive(bobs_channel), 5) == {"type": "marker", "n": 2}
     await alice.disconnect()
 
 

@@ -15,6 +15,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.channel_layer.group_discard(self.room, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if content.get("whoami"):
+            # For tests: which channel this connection's consumer listens on.
+            await self.send_json({"channel": self.channel_name})
+            return
         await self.channel_layer.group_send(
             self.room,
             {"type": "chat.message", "text": content["text"], "sender": self.channel_name},
