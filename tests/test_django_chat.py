@@ -15,7 +15,9 @@ from django.test import override_settings
 from tests.chat.routing import application
 from tests.conftest import in_ci
 
-MEMORY = {"default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"expiry": 30}}}
+MEMORY: dict[str, Any] = {
+    "default": {"BACKEND": "layers.memory.InMemoryChannelLayer", "CONFIG": {"expiry": 30}}
+}
 
 
 def redis_settings() -> dict[str, Any]:
