@@ -15,18 +15,23 @@ class Script:
     sha: str
 
 
+def _read(name: str) -> bytes:
+    return (files("layers.redis") / "scripts" / f"{name}.lua").read_bytes()
+
+
 @cache
-def load(name: str) -> Script:
-    body = (files("layers.redis") / "scripts" / f"{name}.lua").read_bytes()
+def load(name: str, *helpers: str) -> Script:
+    """``name``.lua, with the helper files it calls prepended (Lua has no imports)."""
+    body = b"".join(_read(helper) for helper in helpers) + _read(name)
     return Script(name, body, hashlib.sha1(body).hexdigest())
 
 
 def send() -> Script:
-    return load("send")
+    return load("send", "capacity")
 
 
 def group_send() -> Script:
-    return load("group_send")
+    return load("group_send", "capacity")
 
 
 def receive_many() -> Script:
@@ -39,3 +44,7 @@ def group_add() -> Script:
 
 def group_members() -> Script:
     return load("group_members")
+
+
+def give_back() -> Script:
+    return load("give_back")

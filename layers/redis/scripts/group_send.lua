@@ -7,6 +7,10 @@
 --          the entry carries, comma-separated (all members one process reads share one
 --          entry)
 -- returns  how many lists received the message
+-- uses     drop_expired, count_entries (capacity.lua, prepended by scripts.py)
+--
+-- In a list shared by process-local channels (key ending in '!') a full member is left
+-- out of the entry and the others still get it: capacity is per channel.
 --
 -- A full list misses this message and the others still get theirs: group_send never
 -- raises ChannelFull.
@@ -19,19 +23,25 @@ local pushed = 0
 
 for i, key in ipairs(KEYS) do
     local capacity = tonumber(ARGV[1 + 2 * i])
+    local names = ARGV[2 + 2 * i]
     local room = redis.call('LLEN', key) < capacity
     if not room then
-        while true do
-            local head = redis.call('LINDEX', key, 0)
-            if not head then break end
-            local expires = tonumber(string.match(head, '^(%d+):'))
-            if expires and expires > now then break end
-            redis.call('LPOP', key)
-        end
+        drop_expired(key, now)
         room = redis.call('LLEN', key) < capacity
+        if not room and string.sub(key, -1) == '!' then
+            local counts = {}
+            for name in string.gmatch(names, '[^,]+') do counts[name] = 0 end
+            count_entries(key, counts)
+            local open = {}
+            for name in string.gmatch(names, '[^,]+') do
+                if counts[name] < capacity then table.insert(open, name) end
+            end
+            names = table.concat(open, ',')
+            room = #open > 0
+        end
     end
     if room then
-        redis.call('RPUSH', key, prefix .. ARGV[2 + 2 * i] .. ':' .. payload)
+        redis.call('RPUSH', key, prefix .. names .. ':' .. payload)
         redis.call('PEXPIRE', key, expiry + 1000)
         pushed = pushed + 1
     end
