@@ -21,7 +21,7 @@ from channels.exceptions import MessageTooLarge
 from channels.layers import BaseChannelLayer
 
 from layers.crypto import Encryptor
-from layers.errors import ConfigurationError, UndecodableMessage
+from layers.errors import ConfigurationError, ForeignChannel, UndecodableMessage
 
 logger = logging.getLogger("layers")
 
@@ -130,6 +130,15 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
     def is_local_channel(self, name: str) -> bool:
         """True for a process-local channel created by *this* instance."""
         return "!" in name and name[: name.index("!")].endswith("." + self.client_prefix)
+
+    def require_own_channel(self, name: str) -> None:
+        """Raise :class:`ForeignChannel` for a process-local channel another instance made.
+
+        Only its maker ever receives its messages, so a receive on it would wait forever;
+        call this on a validated name before waiting.
+        """
+        if "!" in name and not self.is_local_channel(name):
+            raise ForeignChannel(name)
 
     # -- capacity ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 from channels.exceptions import MessageTooLarge
 
 from layers.base import BaseLayer
-from layers.errors import ConfigurationError, UndecodableMessage
+from layers.errors import ConfigurationError, ForeignChannel, UndecodableMessage
 
 
 def make(**config: Any) -> BaseLayer:
@@ -99,6 +99,19 @@ async def test_new_channel_names_are_unique_local_and_owned() -> None:
     assert (await layer.new_channel("reply")).startswith("reply.")
     with pytest.raises(TypeError):
         await layer.new_channel("bad prefix")
+
+
+async def test_require_own_channel_refuses_only_another_instances_local_channels() -> None:
+    layer, other = make(), make()
+    mine, theirs = await layer.new_channel(), await other.new_channel()
+    layer.require_own_channel(mine)
+    layer.require_own_channel("plain.channel")
+    with pytest.raises(ForeignChannel, match=re.escape(repr(theirs))) as raised:
+        layer.require_own_channel(theirs)
+    assert raised.value.channel == theirs
+    # A hand-made local name belongs to no instance, so it is nobody's to receive on either.
+    with pytest.raises(ForeignChannel):
+        layer.require_own_channel("specific.someone!abc")
 
 
 def test_capacity_patterns_first_match_wins_globs_and_regexes() -> None:
