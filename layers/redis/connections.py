@@ -3,7 +3,8 @@
 redis-py's pool and retry are bypassed on purpose: its retry would resend a script whose
 reply was lost (a duplicate message), and its pool does per-call bookkeeping the layer does
 not need. Connections themselves are redis-py's, so every ``hosts`` form (TLS, unix
-sockets, Sentinel) works unchanged.
+sockets, Sentinel) works unchanged; what the layer needs of them beyond redis-py's public
+API goes through :mod:`layers.redis.compat`.
 
 What is retried, with backoff, for up to ``retry_timeout`` seconds:
 
@@ -12,32 +13,60 @@ What is retried, with backoff, for up to ``retry_timeout`` seconds:
 
 A send or pop that fails after its bytes may have reached the server is not repeated: the
 error surfaces as :class:`~layers.errors.BackendUnavailable` naming the server.
+
+This module is the one error boundary towards redis-py: nothing from ``redis.exceptions``
+leaves a :class:`ShardClient`. An error reply (out of memory, ``READONLY`` after a
+failover, an ACL refusal) becomes :class:`~layers.errors.ServerError`, whose ``reason``
+is the server's message.
+
+Connections for ordinary commands are bounded per client (one shard in one event loop) by
+``max_connections``: callers beyond it wait for one to come back. Blocking pops (calls with
+``watch``) each take a connection of their own outside that bound, so a pop blocked on the
+server never keeps a send waiting; their number is bounded by the receive loops. Idle
+connections beyond a few are closed, and any left unused for ``_IDLE_LIFETIME`` seconds
+are closed on the next acquire.
+
+A connection stays usable only while it is in step (every reply read). Any failure or
+cancellation during an exchange discards it; an error reply, which is a complete reply,
+leaves it in step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from layers.errors import BackendUnavailable
+from layers.errors import BackendUnavailable, ServerError
+from layers.redis import compat
 from layers.redis.hosts import ShardSpec
 from layers.redis.scripts import Script
+
+logger = logging.getLogger("layers.redis")
 
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
 _UNBLOCK_TIMEOUT = 1.0
+# Idle connections kept for the next burst; more than this are closed as they come back.
+_KEEP_IDLE = 4
+# Seconds an idle connection may sit unused before the next acquire closes it.
+_IDLE_LIFETIME = 30.0
+
+# Addresses whose refusal of CLIENT was logged: once per process is enough.
+_warned_client_refused: set[str] = set()
 
 
 class Watch:
-    """Set while a blocking command runs: the server's id of the connection it blocks."""
+    """Set while a blocking command runs: the server's id of the connection it blocks
+    (None when the server does not tell it: then the pop cannot be ended early)."""
 
     __slots__ = ("client_id",)
 
@@ -45,29 +74,72 @@ class Watch:
         self.client_id: int | None = None
 
 
-class ShardClient:
-    """Idle connections to one server, used by one event loop."""
+_Idle = list[tuple[AbstractConnection, float]]
 
-    def __init__(self, spec: ShardSpec, pool_options: dict[str, Any], retry_timeout: float):
+
+class ShardClient:
+    """Connections to one server, used by one event loop."""
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        pool_options: dict[str, Any],
+        retry_timeout: float,
+        max_connections: int = 16,
+    ) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an integer, not {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.address = spec.address
         self._pool: ConnectionPool = spec.make_pool(pool_options)
         self._retry_timeout = retry_timeout
         self._write_timeout = pool_options.get("socket_timeout") or 5.0
-        self._idle: list[AbstractConnection] = []
+        self.max_connections = max_connections
+        self._slots = asyncio.Semaphore(max_connections)
+        self._waiting = 0
+        # Oldest first: the LIFO end is reused, the old end ages out.
+        self._idle: _Idle = []
+        self._idle_blocking: _Idle = []
         self._open: set[AbstractConnection] = set()
         self._client_ids: dict[AbstractConnection, int] = {}
         self._clock_offset_ms: float | None = None
         # Servers before 7.0 have no BLMPOP; found out on first use.
         self.has_blmpop = True
+        # False once the server refused CLIENT ID or CLIENT UNBLOCK (ACL, renamed command):
+        # blocked pops then end only by themselves.
+        self.can_unblock = True
 
-    async def _acquire(self) -> AbstractConnection:
+    # -- connections -----------------------------------------------------------------------
+
+    async def _take(self, blocking: bool) -> AbstractConnection:
+        if blocking:
+            return await self._connection(self._idle_blocking, blocking)
+        if self._slots.locked():
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._connection(self._idle, blocking)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _connection(self, idle: _Idle, blocking: bool) -> AbstractConnection:
         conn: AbstractConnection
-        while self._idle:
-            conn = self._idle.pop()
+        expired = time.monotonic() - _IDLE_LIFETIME
+        while idle and idle[0][1] < expired:
+            await self._discard(idle.pop(0)[0])
+        while idle:
+            conn = idle.pop()[0]
             try:
                 # A connection the server closed while it sat idle (CLIENT KILL, restart)
                 # shows EOF here; using it would fail a command that could have succeeded.
-                if conn.is_connected and not await conn.can_read():
+                if not await compat.is_stale(conn):
                     return conn
             except _NETWORK_ERRORS:
                 pass
@@ -79,16 +151,53 @@ class ShardClient:
         self._clock_offset_ms = None
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
+            if blocking and self.can_unblock:
+                await self._ask_client_id(conn)
         except BaseException:
             await self._discard(conn)
             raise
         return conn
+
+    async def _ask_client_id(self, conn: AbstractConnection) -> None:
+        # Asked once per connection, on its own: an error reply to it (ACL, a renamed
+        # command) must be read here, not left behind the blocking pop.
+        await compat.write(conn, _CLIENT_ID, self._write_timeout)
+        try:
+            reply = await compat.read_reply(conn)
+        except ResponseError as exc:
+            self._client_refused(exc)
+        else:
+            self._client_ids[conn] = int(reply)
+
+    async def _give_back(self, conn: AbstractConnection, blocking: bool) -> None:
+        """Return a connection that is in step (every reply read)."""
+        if blocking:
+            await self._keep(self._idle_blocking, conn, 0)
+        else:
+            try:
+                # Connections waiters are about to take are not surplus.
+                await self._keep(self._idle, conn, self._waiting)
+            finally:
+                self._slots.release()
+
+    async def _keep(self, idle: _Idle, conn: AbstractConnection, wanted: int) -> None:
+        idle.append((conn, time.monotonic()))
+        while len(idle) > _KEEP_IDLE + wanted:
+            await self._discard(idle.pop(0)[0])
+
+    async def _drop(self, conn: AbstractConnection, blocking: bool) -> None:
+        """Close a connection that is out of step or broken."""
+        if not blocking:
+            self._slots.release()
+        await self._discard(conn)
 
     async def _discard(self, conn: AbstractConnection) -> None:
         self._open.discard(conn)
         self._client_ids.pop(conn, None)
         with contextlib.suppress(Exception):
             await conn.disconnect(nowait=True)
+
+    # -- commands --------------------------------------------------------------------------
 
     async def call(
         self,
@@ -99,43 +208,69 @@ class ShardClient:
     ) -> Any:
         """Run one command; ``timeout`` overrides the socket timeout for the reply.
 
-        With ``watch``, the connection's server id is kept there while the command runs, so
-        that a blocked pop can be ended early with ``CLIENT UNBLOCK``.
+        With ``watch``, the command gets a connection of its own (outside the bound), and
+        the connection's server id is kept there while the command runs, so that a blocked
+        pop can be ended early with :meth:`unblock`.
+
+        Raises :class:`~layers.errors.ServerError` for an error reply and
+        :class:`~layers.errors.BackendUnavailable` when the server cannot be reached.
         """
+        try:
+            return await self._call(_pack(args), idempotent, timeout, watch)
+        except ResponseError as exc:
+            raise ServerError(self.address, _reason(exc)) from exc
+
+    async def _call(
+        self,
+        data: bytes,
+        idempotent: bool,
+        timeout: float | None,  # noqa: ASYNC109
+        watch: Watch | None,
+    ) -> Any:
+        """:meth:`call`, raising redis-py's ``ResponseError`` as it came."""
+        blocking = watch is not None
         deadline: float | None = None
         delay = _FIRST_BACKOFF
         while True:
             try:
-                conn = await self._acquire()
+                conn = await self._take(blocking)
             except _NETWORK_ERRORS as exc:
                 error: BaseException = exc
+            except ResponseError:
+                # Refused while connecting (AUTH, SELECT...): the connection is gone.
+                raise
+            except RedisError as exc:
+                raise BackendUnavailable(self.address, _reason(exc)) from exc
             else:
                 if watch is not None and _cancel_was_swallowed():
                     # Don't start a blocking pop for a task already told to stop: it would
                     # hold its loop's shutdown for up to block_timeout.
-                    self._idle.append(conn)
+                    await self._give_back(conn, blocking)
                     raise asyncio.CancelledError
                 try:
-                    if watch is None:
-                        await self._write(conn, _pack(args))
-                    else:
-                        await self._send_watched(conn, args, watch)
-                    response = await conn.read_response(timeout=timeout)
+                    if watch is not None:
+                        watch.client_id = self._client_ids.get(conn)
+                    await compat.write(conn, data, self._write_timeout)
+                    response = await compat.read_reply(conn, timeout)
                 except ResponseError:
-                    # An error reply leaves the connection in step: keep it.
-                    self._idle.append(conn)
+                    # An error reply is a whole reply: the connection is still in step.
+                    await self._give_back(conn, blocking)
                     raise
                 except _NETWORK_ERRORS as exc:
-                    await self._discard(conn)
+                    await self._drop(conn, blocking)
                     if not idempotent:
                         raise BackendUnavailable(self.address, _reason(exc)) from exc
                     error = exc
+                except RedisError as exc:
+                    # A reply redis-py could not parse: nothing after it can be trusted.
+                    await self._drop(conn, blocking)
+                    raise BackendUnavailable(self.address, _reason(exc)) from exc
                 except BaseException:
                     # Cancelled mid-command: its reply would be read by the next command.
-                    await self._discard(conn)
+                    await self._drop(conn, blocking)
                     raise
                 else:
-                    self._idle.append(conn)
+                    await self._give_back(conn, blocking)
                     return response
                 finally:
                     if watch is not None:
@@ -148,55 +283,54 @@ class ShardClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
-    async def _send_watched(
-        self, conn: AbstractConnection, args: tuple[Any, ...], watch: Watch
-    ) -> None:
-        client_id = self._client_ids.get(conn)
-        if client_id is None:
-            # Asked in the same write as the command itself: no extra round trip.
-            await self._write(conn, _pack(("CLIENT", "ID")) + _pack(args))
-            client_id = self._client_ids[conn] = int(await conn.read_response())
-        else:
-            await self._write(conn, _pack(args))
-        watch.client_id = client_id
+    async def unblock(self, client_id: int) -> bool:
+        """End another connection's blocking pop as if it had timed out (it pops nothing).
 
-    async def _write(self, conn: AbstractConnection, data: bytes) -> None:
-        # redis-py wraps every write in asyncio.wait_for (a task per command); a write the
-        # socket takes at once needs no timeout, only one that has to wait for room.
-        writer = getattr(conn, "_writer", None)
-        if writer is None:
-            await conn.send_packed_command(data, check_health=False)
-            return
+        True if the server ended the pop or there was none to end; False if it could not
+        be done (then the pop ends by itself within its block timeout). A server that
+        refuses ``CLIENT UNBLOCK`` is not asked again: :attr:`can_unblock` turns False.
+        """
+        if not self.can_unblock:
+            return False
+        # Quick (a cancelled receive waits for it) and never retried.
         try:
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(self._write_timeout):
-                    await writer.drain()
-        except (TimeoutError, OSError) as exc:
-            await self._discard(conn)
-            raise RedisConnectionError(f"writing to {self.address} failed: {exc}") from exc
-
-    async def unblock(self, client_id: int) -> None:
-        """End another connection's blocking pop as if it had timed out (it pops nothing)."""
-        # Best effort, and quick (a cancelled receive waits for it): if it fails, the pop
-        # ends by itself within block_timeout.
-        with contextlib.suppress(Exception):
             async with asyncio.timeout(_UNBLOCK_TIMEOUT):
                 await self.call("CLIENT", "UNBLOCK", client_id)
+        except ServerError as exc:
+            self._client_refused(exc.reason)
+            return False
+        except (BackendUnavailable, TimeoutError):
+            return False
+        return True
+
+    def _client_refused(self, reason: str | BaseException) -> None:
+        self.can_unblock = False
+        self._client_ids.clear()
+        if self.address in _warned_client_refused:
+            return
+        _warned_client_refused.add(self.address)
+        logger.warning(
+            "Redis at %s refuses the CLIENT command (%s): a receive abandoned while its "
+            "pop is blocked cannot end that pop, so any message the pop then takes is "
+            "handed back to the head of its list instead",
+            self.address,
+            reason,
+        )
 
     async def script(
         self, script: Script, keys: list[Any], args: list[Any], *, idempotent: bool = False
     ) -> Any:
+        """Run a Lua script by SHA1, loading it first if the server does not have it."""
+        data = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         try:
-            return await self.call(
-                "EVALSHA", script.sha, len(keys), *keys, *args, idempotent=idempotent
-            )
-        except NoScriptError:
-            # Not run at all (server restarted or SCRIPT FLUSH): load it and go again.
-            await self.call("SCRIPT", "LOAD", script.body, idempotent=True)
-            return await self.call(
-                "EVALSHA", script.sha, len(keys), *keys, *args, idempotent=idempotent
-            )
+            try:
+                return await self._call(data, idempotent, None, None)
+            except NoScriptError:
+                # Not run at all (server restarted or SCRIPT FLUSH): load it and go again.
+                await self._call(_pack(("SCRIPT", "LOAD", script.body)), True, None, None)
+                return await self._call(data, idempotent, None, None)
+        except ResponseError as exc:
+            raise ServerError(self.address, _reason(exc)) from exc
 
     async def clock_offset_ms(self) -> float:
         """Server clock minus ours, in ms; entry expiry times are on the server clock."""
@@ -208,28 +342,27 @@ class ShardClient:
             self._clock_offset_ms = server_ms - (before + after) * 500
         return self._clock_offset_ms
 
+    # -- closing ---------------------------------------------------------------------------
+
     async def close(self) -> None:
         self._idle.clear()
+        self._idle_blocking.clear()
         for conn in list(self._open):
             await self._discard(conn)
         # Sentinel pools keep clients of their own for asking the sentinels.
         manager = getattr(self._pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
             with contextlib.suppress(Exception):
-                await sentinel.aclose()
+                await compat.close_client(sentinel)
 
     def abandon(self) -> None:
         """Drop every connection of a loop that is already closed (nothing can be awaited)."""
         self._idle.clear()
+        self._idle_blocking.clear()
         for conn in list(self._open):
-            writer = getattr(conn, "_writer", None)
-            transport = getattr(writer, "transport", None)
-            # The transport cannot close itself without its loop; its socket can.
-            sock = getattr(transport, "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            compat.close_socket(conn)
         self._open.clear()
+        self._client_ids.clear()
 
 
 def _cancel_was_swallowed() -> bool:
@@ -260,5 +393,8 @@ def _pack(args: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException | str) -> str:
     return str(exc) or type(exc).__name__
+
+
+_CLIENT_ID = _pack(("CLIENT", "ID"))
