@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Hashable, Sequence
+from typing import Any, cast
 
 from channels.exceptions import ChannelFull
 
-from layers.base import BaseLayer, Message
+from layers.base import Message
 from layers.errors import ConfigurationError
-from layers.queues import LocalQueues
 from layers.redis import scripts
 from layers.redis.connections import ShardClient
 from layers.redis.hosts import ShardSpec, parse_hosts
-from layers.redis.receiver import Puller
+from layers.redis.receiver import RedisSource, parse_entries
 from layers.redis.sharding import shard_index
+from layers.runtime import Fetched, NetworkLayer
 
 logger = logging.getLogger("layers.redis")
 
 Route = tuple[int, str]
+SourceKey = tuple[int, tuple[str, ...]]
 _SCAN_BATCH = 1000
 
 
-class RedisChannelLayer(BaseLayer):
+class RedisChannelLayer(NetworkLayer):
     """A channel layer on one or more Redis servers (Redis 7 or later; 6.2 works with BLPOP).
 
     Config, besides the :class:`~layers.base.BaseLayer` keys:
@@ -48,11 +47,19 @@ class RedisChannelLayer(BaseLayer):
       Raises one consumer's throughput (fewer round trips) at the cost of fairness: up to
       ``prefetch`` messages wait in this process while receivers elsewhere may be idle,
       and they are lost if the process dies before receiving them.
+    - ``max_connections`` (16): connections per shard and event loop for commands other
+      than blocking pops (each waiting set of channels holds one more); callers beyond it
+      wait for one to come free.
+    - ``random_prefix_length`` (12), ``serializer_format`` ("msgpack"): accepted so that
+      channels_redis settings work unchanged. The first sizes the random bytes channels_redis
+      puts before each stored message to keep equal messages apart in its sorted sets; our
+      lists need none, so it is ignored. The second must be "msgpack".
 
-    Capacity of a process-local channel: ``send`` checks it against the list all of this
-    instance's local channels (of one ``new_channel`` prefix) share, so it bites only
-    while the owner is not draining; the owner's buffer enforces it per channel as it
-    drains, dropping (and logging) what overflows.
+    Capacity of a process-local channel: ``send`` counts that channel's entries in the list
+    all of this instance's local channels (of one ``new_channel`` prefix) share, once that
+    list is as long as the capacity, so it bites only while the owner is not draining; the
+    owner's buffer enforces it per channel as it drains, dropping (and logging) what
+    overflows.
     """
 
     def __init__(
@@ -65,9 +72,25 @@ class RedisChannelLayer(BaseLayer):
         retry_timeout: float = 5.0,
         local_batch: int = 100,
         prefetch: int = 0,
+        max_connections: int = 16,
+        random_prefix_length: int = 12,
+        serializer_format: str = "msgpack",
         **config: Any,
     ) -> None:
         super().__init__(**config)
+        if serializer_format != "msgpack":
+            raise ConfigurationError(
+                f"serializer_format {serializer_format!r} is not supported: messages are "
+                "always msgpack (channels_redis's default); drop the key"
+            )
+        if (
+            isinstance(random_prefix_length, bool)
+            or not isinstance(random_prefix_length, int)
+            or random_prefix_length < 0
+        ):
+            raise ConfigurationError(
+                f"random_prefix_length must be a non-negative integer, not {random_prefix_length!r}"
+            )
         self.shards: list[ShardSpec] = parse_hosts(hosts)
         self.block_timeout = _seconds("block_timeout", block_timeout)
         self.socket_timeout = _seconds("socket_timeout", socket_timeout)
@@ -79,12 +102,18 @@ class RedisChannelLayer(BaseLayer):
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 99:
             raise ConfigurationError(f"prefetch must be an integer from 0 to 99, not {prefetch!r}")
         self.prefetch = prefetch
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ConfigurationError(
+                f"max_connections must be a positive integer, not {max_connections!r}"
+            )
+        self.max_connections = max_connections
+        self.linger = 2 * self.block_timeout
         self._expiry_ms = max(1, round(self.expiry * 1000))
         self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
-        self._buffer: LocalQueues[bytes] = LocalQueues(
-            clock=time.monotonic, sweep_interval=max(float(self.expiry), 1.0)
-        )
-        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._routes: dict[str, Route] = {}
         self._plans: dict[tuple[str, ...], list[tuple[int, tuple[str, ...]]]] = {}
 
@@ -124,17 +153,16 @@ class RedisChannelLayer(BaseLayer):
             self._plans[channels] = plan
         return plan
 
-    # -- per event loop state --------------------------------------------------------------
+    # -- the transport ----------------------------------------------------------------------
 
-    def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._states.get(loop)
-        if state is None:
-            for other in [other for other in self._states if other.is_closed()]:
-                self._states.pop(other).abandon()
-            state = self._states[loop] = _LoopState(self, loop)
-            _close_with_loop(loop, state.close)
-        return state
+    def _open_transport(self, loop: asyncio.AbstractEventLoop) -> _Transport:
+        return _Transport(self)
+
+    def _sources(self, channels: tuple[str, ...]) -> list[Hashable]:
+        return list(self._plan(channels))
+
+    def _clients(self) -> _Transport:
+        return self._state().transport  # type: ignore[return-value]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -144,107 +172,12 @@ class RedisChannelLayer(BaseLayer):
         shard, key = self._route(channel)
         capacity = self.get_capacity(channel)
         pushed = (
-            await self._state()
+            await self._clients()
             .client(shard)
             .script(scripts.send(), [key], [self._expiry_ms, capacity, channel, data])
         )
         if not pushed:
             raise ChannelFull(f"channel {channel!r} is at capacity ({capacity})")
-
-    # -- receiving -------------------------------------------------------------------------
-
-    async def receive(self, channel: str) -> Message:
-        self.require_valid_channel_name(channel)
-        return (await self._receive((channel,)))[1]
-
-    async def receive_many(self, channels: list[str]) -> tuple[str, Message]:
-        names = self.require_valid_channel_names(channels)
-        return await self._receive(tuple(dict.fromkeys(names)))
-
-    async def _receive(self, channels: tuple[str, ...]) -> tuple[str, Message]:
-        while True:
-            found = self._buffer.pop_nowait(channels)
-            if found is None:
-                found = await self._wait(channels)
-            channel, data = found
-            message = self.decode_or_none(data, channel)
-            if message is not None:
-                return channel, message
-
-    async def _wait(self, channels: tuple[str, ...]) -> tuple[str, bytes]:
-        state = self._state()
-        plan = self._plan(channels)
-        if len(plan) > 1:
-            # No single blocking pop covers several shards: take a message that is already
-            # waiting atomically, shard by shard, before blocking on all of them at once.
-            # Shielded: what the script pops reaches the buffer even if we are cancelled.
-            await asyncio.shield(self._take_waiting(state, plan))
-            found = self._buffer.pop_nowait(channels)
-            if found is not None:
-                return found
-        task = asyncio.current_task()
-        assert task is not None
-        pullers = [state.puller(shard, keys) for shard, keys in plan]
-        for puller in pullers:
-            puller.add(task)
-        found = None
-        try:
-            found = await self._buffer.get(channels)
-        except asyncio.CancelledError:
-            error = state.failures.pop(task, None)
-            if error is not None and task.uncancel() == 0:
-                raise error from None
-            raise
-        finally:
-            state.failures.pop(task, None)
-            unblocks = [
-                puller.shard.unblock(client_id)
-                for puller in pullers
-                if (client_id := puller.remove(task)) is not None
-            ]
-            if unblocks:
-                # A pop still blocked for nobody would take the next message for nobody.
-                # When we leave empty-handed, end it before the caller goes on (to send,
-                # say); when we hold a message, no await may come between it and the caller.
-                if found is None:
-                    await asyncio.gather(*unblocks)
-                else:
-                    state.spawn(asyncio.gather(*unblocks))
-        return found
-
-    async def _take_waiting(
-        self, state: _LoopState, plan: list[tuple[int, tuple[str, ...]]]
-    ) -> None:
-        for shard, keys in plan:
-            client = state.client(shard)
-            offset = await client.clock_offset_ms()
-            reply = await client.script(scripts.receive_many(), list(keys), [])
-            if reply is not None:
-                self._deliver(reply[0], [reply[1]], offset)
-                return
-
-    def _deliver(self, key: bytes, entries: list[bytes], offset_ms: float) -> None:
-        """File popped entries into the buffer, by the channel(s) each names."""
-        server_now_ms = time.time() * 1000 + offset_ms
-        now = time.monotonic()
-        # Only process-local lists ("...!") hold entries for many channels, and only there
-        # is a channel's capacity still to enforce.
-        shared = key.endswith(b"!")
-        buffer = self._buffer
-        for entry in entries:
-            try:
-                stamp, names, payload = entry.split(b":", 2)
-                left = (int(stamp) - server_now_ms) / 1000
-            except ValueError:
-                logger.warning("dropping an entry of unknown form from %r", key)
-                continue
-            if left <= 0:
-                continue
-            for name in names.decode().split(","):
-                if shared and buffer.size(name) >= self.get_capacity(name):
-                    logger.warning("dropping a message for %s: its buffer is full", name)
-                    continue
-                buffer.put(name, payload, now + left)
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -253,7 +186,7 @@ class RedisChannelLayer(BaseLayer):
         self.require_valid_channel_name(channel)
         shard, key = self._group_route(group)
         await (
-            self._state()
+            self._clients()
             .client(shard)
             .script(scripts.group_add(), [key], [channel, self._group_expiry_ms], idempotent=True)
         )
@@ -262,14 +195,14 @@ class RedisChannelLayer(BaseLayer):
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
         shard, key = self._group_route(group)
-        await self._state().client(shard).call("ZREM", key, channel, idempotent=True)
+        await self._clients().client(shard).call("ZREM", key, channel, idempotent=True)
 
     async def group_send(self, group: str, message: Message) -> None:
         self.require_valid_group_name(group)
         data = self.encode(message, group)
-        state = self._state()
+        clients = self._clients()
         shard, key = self._group_route(group)
-        members = await state.client(shard).script(
+        members = await clients.client(shard).script(
             scripts.group_members(), [key], [self._group_expiry_ms], idempotent=True
         )
         if not members:
@@ -286,7 +219,7 @@ class RedisChannelLayer(BaseLayer):
                 args.append(min(self.get_capacity(name) for name in names))
                 args.append(",".join(names))
             calls.append(
-                state.client(target_shard).script(scripts.group_send(), list(by_key), args)
+                clients.client(target_shard).script(scripts.group_send(), list(by_key), args)
             )
         if len(calls) == 1:
             await calls[0]
@@ -296,9 +229,9 @@ class RedisChannelLayer(BaseLayer):
     # -- housekeeping ----------------------------------------------------------------------
 
     async def flush(self) -> None:
-        state = self._state()
+        clients = self._clients()
         for shard in range(len(self.shards)):
-            client = state.client(shard)
+            client = clients.client(shard)
             cursor = 0
             while True:
                 cursor, keys = await client.call(
@@ -317,107 +250,57 @@ class RedisChannelLayer(BaseLayer):
                     break
         self._buffer.clear()
 
-    async def close(self) -> None:
-        running = asyncio.get_running_loop()
-        states, self._states = self._states, {}
-        for loop, state in states.items():
-            if loop is running:
-                await state.close()
-            elif loop.is_closed():
-                state.abandon()
-            elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(state.close(), loop)
-            # A loop neither running nor closed closes the state itself when it closes.
 
+class _Transport:
+    """The connections of one layer instance in one event loop, a client per shard."""
 
-class _LoopState:
-    """Connections and pullers of one layer instance in one event loop."""
-
-    def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, layer: RedisChannelLayer) -> None:
         self.layer = layer
-        self.loop = loop
         self.clients: dict[int, ShardClient] = {}
-        self.pullers: dict[tuple[int, tuple[str, ...]], Puller] = {}
-        self.failures: dict[asyncio.Task[Any], BaseException] = {}
-        self._background: set[asyncio.Future[Any]] = set()
         self._options = {
             "socket_timeout": layer.socket_timeout,
             "socket_connect_timeout": layer.connect_timeout,
             "socket_keepalive": True,
         }
 
-    def spawn(self, work: Awaitable[Any]) -> None:
-        """Run ``work`` in the background, keeping it referenced until it ends."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def client(self, shard: int) -> ShardClient:
         client = self.clients.get(shard)
         if client is None:
+            layer = self.layer
             client = self.clients[shard] = ShardClient(
-                self.layer.shards[shard], self._options, self.layer.retry_timeout
+                layer.shards[shard], self._options, layer.retry_timeout, layer.max_connections
             )
         return client
 
-    def puller(self, shard: int, keys: tuple[str, ...]) -> Puller:
-        puller = self.pullers.get((shard, keys))
-        if puller is None:
-            layer = self.layer
-            drain = len(keys) == 1 and keys[0].endswith("!")
-            puller = self.pullers[(shard, keys)] = Puller(
-                self.client(shard),
-                keys,
-                drain=drain,
-                batch=layer.local_batch if drain else 100,
-                prefetch=layer.prefetch,
-                block_timeout=layer.block_timeout,
-                read_timeout=layer.block_timeout + layer.socket_timeout,
-                retry_timeout=layer.retry_timeout,
-                linger=2 * layer.block_timeout,
-                deliver=layer._deliver,
-                failures=self.failures,
-                on_exit=lambda done: self._forget((shard, keys), done),
-            )
-        return puller
+    def source(self, key: Hashable) -> RedisSource:
+        shard, keys = cast(SourceKey, key)
+        layer = self.layer
+        return RedisSource(
+            self.client(shard),
+            keys,
+            drain=len(keys) == 1 and keys[0].endswith("!"),
+            block_timeout=layer.block_timeout,
+            read_timeout=layer.block_timeout + layer.socket_timeout,
+        )
 
-    def _forget(self, key: tuple[int, tuple[str, ...]], puller: Puller) -> None:
-        if self.pullers.get(key) is puller:
-            del self.pullers[key]
+    async def take_waiting(self, keys: Sequence[Hashable]) -> list[Fetched]:
+        for shard, lists in cast(Sequence[SourceKey], keys):
+            client = self.client(shard)
+            offset = await client.clock_offset_ms()
+            reply = await client.script(scripts.receive_many(), list(lists), [])
+            if reply is not None:
+                return parse_entries(reply[0], [reply[1]], offset)
+        return []
 
     async def close(self) -> None:
-        pullers, self.pullers = list(self.pullers.values()), {}
-        for puller in pullers:
-            await puller.stop()
         clients, self.clients = list(self.clients.values()), {}
         for client in clients:
             await client.close()
 
     def abandon(self) -> None:
-        self.pullers.clear()
         for client in self.clients.values():
             client.abandon()
         self.clients.clear()
-
-
-def _close_with_loop(
-    loop: asyncio.AbstractEventLoop, cleanup: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """Run ``cleanup`` inside ``loop`` just before it closes, so connections and tasks end
-    in the loop that owns them (``async_to_sync`` closes a loop after every call)."""
-    original = loop.close
-
-    def close() -> None:
-        if not loop.is_running() and not loop.is_closed():
-            try:
-                loop.run_until_complete(cleanup())
-            except Exception:
-                logger.debug("closing connections with their loop failed", exc_info=True)
-        original()
-
-    # Loops that refuse new attributes (uvloop) drop connections when collected instead.
-    with contextlib.suppress(AttributeError):
-        loop.close = close  # type: ignore[method-assign]
 
 
 def _seconds(key: str, value: Any) -> float:
