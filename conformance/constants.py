@@ -60,3 +60,15 @@ NEW_CHANNEL_SAMPLES = 50
 LOOP_ROUNDS = 3
 #: Bad input must be rejected at once; a layer that waits instead fails this quickly.
 ERROR_TIMEOUT = 2.0
+#: How long a ``receive`` waiting while ``close()`` runs may take to end, with the message
+#: sent after ``close()`` (the layer reopened) or with an error.
+CLOSE_RECEIVE_TIMEOUT = 5.0
+#: How many process-local channels of one instance get a message each while nobody
+#: receives: well over the default capacity, which applies per channel, not per instance.
+LOCAL_CHANNELS = 300
+#: ``capacity`` for the check that one process-local channel still fills up.
+SMALL_CAPACITY = 5
+#: Threads calling one instance through ``async_to_sync`` at once, and the sends and
+#: group sends each makes.
+THREADS = 8
+THREAD_ROUNDS = 5

@@ -10,6 +10,7 @@ from conformance.suite.groups import GroupChecks
 from conformance.suite.lifecycle import LifecycleChecks
 from conformance.suite.loops import EventLoopChecks
 from conformance.suite.send_receive import NewChannelChecks, SendReceiveChecks
+from conformance.suite.threads import ThreadChecks
 
 __all__ = ["ConformanceSuite"]
 
@@ -24,6 +25,7 @@ class ConformanceSuite(
     GroupChecks,
     LifecycleChecks,
     EventLoopChecks,
+    ThreadChecks,
     BadInputChecks,
     SuiteBase,
 ):

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from channels.exceptions import ChannelFull
 
-from conformance.constants import DEFAULT_CAPACITY, EXPIRY, EXPIRY_WAIT
+from conformance.constants import (
+    DEFAULT_CAPACITY,
+    EXPIRY,
+    EXPIRY_WAIT,
+    LOCAL_CHANNELS,
+    SMALL_CAPACITY,
+)
 from conformance.suite.base import LayerFactory
 from conformance.suite.helpers import Names, assert_quiet, call, expect_error, message, receive
 
@@ -56,6 +62,35 @@ class CapacityChecks:
         layer = make_layer(capacity=1)
         await fill(layer, names.channel("one"), 1, "capacity=1")
         await call(layer.send(names.channel("two"), message(1)), "send to a different channel")
+
+    @pytest.mark.asyncio
+    async def test_capacity_is_per_process_local_channel(
+        self, layer: Any, other_layer: Any
+    ) -> None:
+        # Nobody receives yet, so whatever buffers an instance's local channels holds them
+        # all at once; the default capacity still applies to each channel on its own.
+        made = [await call(layer.new_channel(), "new_channel()") for _ in range(LOCAL_CHANNELS)]
+        for n, channel in enumerate(made):
+            await call(
+                other_layer.send(channel, message(n)),
+                f"send #{n + 1} of {LOCAL_CHANNELS}, each to a different process-local "
+                f"channel of one instance, at the default capacity",
+            )
+        for n, channel in enumerate(made):
+            got = await receive(layer, channel)
+            assert got == message(n), f"process-local channel #{n + 1} received {got!r}"
+
+    @pytest.mark.asyncio
+    async def test_process_local_channel_still_fills_up(self, make_pair: Any) -> None:
+        first, other = make_pair(capacity=SMALL_CAPACITY)
+        channel = await call(first.new_channel(), "new_channel()")
+        await fill(other, channel, SMALL_CAPACITY, f"process-local, capacity={SMALL_CAPACITY}")
+        await expect_error(
+            ChannelFull,
+            other.send(channel, message(SMALL_CAPACITY)),
+            f"send #{SMALL_CAPACITY + 1} to a process-local channel nobody receives on, "
+            f"capacity={SMALL_CAPACITY}",
+        )
 
     @pytest.mark.asyncio
     async def test_default_capacity_is_100(self, layer: Any, names: Names) -> None:

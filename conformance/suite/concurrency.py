@@ -20,6 +20,8 @@ from conformance.constants import (
     QUIET_WAIT,
     RECEIVE_MANY_CALLERS,
     RECEIVE_MANY_MESSAGES,
+    RECEIVE_TIMEOUT,
+    SETTLE,
     STORM_DURATION,
     STORM_MAX_LIFETIME,
     STORM_MESSAGES,
@@ -35,6 +37,7 @@ from conformance.suite.helpers import (
     describe,
     drain,
     message,
+    receive,
 )
 
 Receive = Callable[[], Coroutine[Any, Any, Any]]
@@ -233,3 +236,48 @@ class ReceiveManyChecks:
 
         received = await collect_until(receivers, RECEIVE_MANY_MESSAGES, produce)
         assert_exactly_once(received, range(RECEIVE_MANY_MESSAGES))
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("kind", ["plain", "local"])
+    async def test_receive_many_woken_for_one_channel_does_not_strand_another(
+        self, layer: Any, names: Names, kind: str
+    ) -> None:
+        """``receive_many([b, a])`` waits first, ``receive(a)`` second; a then b are sent.
+
+        If ``receive_many`` takes b (it may have been woken by a), the wake-up a brought
+        must still reach ``receive(a)``; if it took a, b must still be there.
+        """
+        receive_many = self._receive_many(layer)
+        if kind == "local":
+            a = await call(layer.new_channel(), "new_channel()")
+            b = await call(layer.new_channel(), "new_channel()")
+        else:
+            a, b = names.channel("a"), names.channel("b")
+        many = asyncio.create_task(receive_many([b, a]))
+        await asyncio.sleep(SETTLE)
+        single = asyncio.create_task(layer.receive(a))
+        try:
+            await asyncio.sleep(SETTLE)
+
+            async def send_both() -> None:
+                # One task, so a layer that need not wait in between sends both before the
+                # waiter woken by the first has run.
+                await layer.send(a, message(1))
+                await layer.send(b, message(2))
+
+            await call(send_both(), "send to a, then to b")
+            first = await call(many, "receive_many([b, a]) waiting before the sends")
+            if first == (b, message(2)):
+                got = await call(
+                    single,
+                    f"receive(a) ({kind} channels), after receive_many([b, a]) took b,",
+                    RECEIVE_TIMEOUT,
+                )
+                assert got == message(1), f"receive(a) returned {got!r}, not the message to a"
+            else:
+                assert first == (a, message(1)), f"receive_many([b, a]) returned {first!r}"
+                got = await receive(layer, b, "receive(b) after receive_many([b, a]) took a")
+                assert got == message(2), f"receive(b) returned {got!r}, not the message to b"
+        finally:
+            many.cancel()
+            single.cancel()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from conformance.constants import CANCEL_GRACE, CLOSE_RECEIVE_TIMEOUT, SETTLE
 from conformance.spec import LayerSpec
 from conformance.suite.helpers import (
     Names,
@@ -78,6 +80,41 @@ class LifecycleChecks:
         await call(close(), "close()")
         await call(close(), "second close()")
         assert await receive(layer, channel, "receive after two close()") == message(1)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("kind", ["plain", "local"])
+    async def test_close_ends_a_waiting_receive(self, layer: Any, names: Names, kind: str) -> None:
+        """A receive waiting while close() runs ends: with the message sent after close()
+        (the layer reopened), or with an error; it never hangs."""
+        close = require_method(layer, "close", "close")
+        if kind == "local":
+            channel = await call(layer.new_channel(), "new_channel()")
+        else:
+            channel = names.channel("close-while-waiting")
+        waiting = asyncio.create_task(layer.receive(channel))
+        try:
+            await asyncio.sleep(SETTLE)
+            await call(close(), "close() while a receive waits")
+            await call(layer.send(channel, message(1)), "send after close()")
+            done, _ = await asyncio.wait({waiting}, timeout=CLOSE_RECEIVE_TIMEOUT)
+            if not done:
+                problem = f"did not end within {CLOSE_RECEIVE_TIMEOUT}s"
+            elif waiting.cancelled():
+                # A consumer would take this for its own cancellation and stop silently.
+                problem = "ended with CancelledError, though nobody cancelled it"
+            elif waiting.exception() is not None:
+                return  # ending with an error is allowed
+            else:
+                got = waiting.result()
+                assert got == message(1), (
+                    f"a {kind} receive waiting during close() returned {got!r}, not the "
+                    "message sent after close()"
+                )
+                return
+        finally:
+            waiting.cancel()
+            await asyncio.wait({waiting}, timeout=CANCEL_GRACE)
+        pytest.fail(f"a {kind} receive waiting during close() {problem}")
 
     def test_unknown_config_key_raises_type_error(self, layer_spec: LayerSpec) -> None:
         config = {**layer_spec.config, "conformance_no_such_option": 1}

@@ -10,13 +10,23 @@ import pytest
 
 from conformance.constants import (
     DEFAULT_NEW_CHANNEL_PREFIX,
+    ERROR_TIMEOUT,
     LARGE_PAYLOAD,
     MAX_NAME_LENGTH,
     NEW_CHANNEL_SAMPLES,
     SETTLE,
 )
 from conformance.spec import LayerSpec
-from conformance.suite.helpers import Names, assert_quiet, call, message, receive
+from conformance.suite.base import LayerFactory
+from conformance.suite.helpers import (
+    Names,
+    assert_quiet,
+    call,
+    expect_error,
+    message,
+    receive,
+    require_method,
+)
 
 # ``prefix.<instance>!<random>``, in the characters the contract allows.
 NEW_CHANNEL_FORM = re.compile(
@@ -167,3 +177,28 @@ class NewChannelChecks:
         await call(layer.send(first, message(1)), "send")
         await assert_quiet(layer, second, f"only {first!r} was sent to")
         assert await receive(layer, first) == message(1)
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("call_name", ["receive", "receive_many"])
+    async def test_receive_on_another_instances_local_channel_raises(
+        self, make_layer: LayerFactory, names: Names, call_name: str
+    ) -> None:
+        # A second instance even for a layer living in one process: it stands for another
+        # process, whose process-local channels this instance can never receive on.
+        layer, other = make_layer(), make_layer()
+        theirs = await call(other.new_channel(), "new_channel() on another instance")
+        if call_name == "receive":
+            receiving = layer.receive(theirs)
+        else:
+            receive_many = require_method(layer, "receive_many", "receive_many")
+            receiving = receive_many([names.channel("plain"), theirs])
+        error = await expect_error(
+            Exception,
+            receiving,
+            f"{call_name} on another instance's process-local channel {theirs!r}",
+            ERROR_TIMEOUT,
+        )
+        assert theirs in str(error), (
+            f"{call_name} on another instance's process-local channel raised "
+            f"{type(error).__name__}({str(error)!r}), which does not name {theirs!r}"
+        )
