@@ -165,7 +165,7 @@ class ShardClient:
         try:
             reply = await compat.read_reply(conn)
         except ResponseError as exc:
-            self._client_refused(exc)
+            self._client_refused(compat.error_text(exc))
         else:
             self._client_ids[conn] = int(reply)
 
@@ -218,7 +218,7 @@ class ShardClient:
         try:
             return await self._call(_pack(args), idempotent, timeout, watch)
         except ResponseError as exc:
-            raise ServerError(self.address, _reason(exc)) from exc
+            raise ServerError(self.address, compat.error_text(exc)) from exc
 
     async def _call(
         self,
@@ -330,7 +330,7 @@ class ShardClient:
                 await self._call(_pack(("SCRIPT", "LOAD", script.body)), True, None, None)
                 return await self._call(data, idempotent, None, None)
         except ResponseError as exc:
-            raise ServerError(self.address, _reason(exc)) from exc
+            raise ServerError(self.address, compat.error_text(exc)) from exc
 
     async def clock_offset_ms(self) -> float:
         """Server clock minus ours, in ms; entry expiry times are on the server clock."""
