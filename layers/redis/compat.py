@@ -93,6 +93,34 @@ async def read_reply(conn: AbstractConnection, timeout: float | None = None) -> 
         return await _untyped(conn).read_response(timeout=_NO_TIMEOUT)
 
 
+# -- error replies ---------------------------------------------------------------------------
+
+# The error codes redis-py cuts off the replies it turns into these classes (named, as some
+# exist only in newer versions); 5.x keeps e.g. "MOVED" in the text, 8.x cuts it.
+_CUT_CODES = {
+    "OutOfMemoryError": "OOM",
+    "ReadOnlyError": "READONLY",
+    "NoPermissionError": "NOPERM",
+    "NoScriptError": "NOSCRIPT",
+    "ExecAbortError": "EXECABORT",
+    "MasterDownError": "MASTERDOWN",
+    "ClusterDownError": "CLUSTERDOWN",
+    "TryAgainError": "TRYAGAIN",
+    "ClusterCrossSlotError": "CROSSSLOT",
+}
+
+
+def error_text(exc: BaseException) -> str:
+    """The server's message for an error reply, its code (``OOM``, ``READONLY``,
+    ``NOPERM``...) put back where redis-py cut it off; a plain ``ERR`` stays cut."""
+    text = str(exc)
+    for cls in type(exc).__mro__:
+        code = _CUT_CODES.get(cls.__name__)
+        if code is not None:
+            return text if text.startswith(f"{code} ") else f"{code} {text}"
+    return text
+
+
 # -- writing ---------------------------------------------------------------------------------
 
 
