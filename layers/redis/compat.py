@@ -192,3 +192,15 @@ async def close_client(client: Any) -> None:
     """Close a redis-py client (Sentinel probes): ``aclose`` from 5.0.1, ``close`` before."""
     closer = getattr(client, "aclose", None) or client.close
     await closer()
+
+
+def stream_reader(conn: AbstractConnection) -> asyncio.StreamReader | None:
+    """The connection's ``StreamReader`` for :mod:`layers.redis.resp`, or None if this
+    redis-py keeps it elsewhere (blocking pops are then read by redis-py, and a loop that
+    closes while one is blocked may lose what it takes).
+
+    Reading past redis-py's parser is safe on a connection between exchanges: every reply
+    asked for has been read whole, so neither parser (Python or hiredis) holds a byte.
+    """
+    reader = getattr(conn, "_reader", None)
+    return reader if isinstance(reader, asyncio.StreamReader) else None

@@ -47,6 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from layers.errors import BackendUnavailable, ServerError
 from layers.redis import compat
 from layers.redis.hosts import ShardSpec
+from layers.redis.resp import BlockedReply, UnexpectedReply
 from layers.redis.scripts import Script
 
 logger = logging.getLogger("layers.redis")
@@ -251,7 +252,10 @@ class ShardClient:
                     if watch is not None:
                         watch.client_id = self._client_ids.get(conn)
                     await compat.write(conn, data, self._write_timeout)
-                    response = await compat.read_reply(conn, timeout)
+                    if watch is None:
+                        response = await compat.read_reply(conn, timeout)
+                    else:
+                        response = await self._read_blocked(conn, watch, timeout)
                 except ResponseError:
                     # An error reply is a whole reply: the connection is still in step.
                     await self._give_back(conn, blocking)
@@ -282,6 +286,34 @@ class ShardClient:
                 raise BackendUnavailable(self.address, _reason(error)) from error
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _read_blocked(
+        self,
+        conn: AbstractConnection,
+        watch: Watch,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> Any:
+        """Read a blocking pop's reply; if cancelled while it waits, end the pop and still
+        read it, so that what it took is not lost (see :mod:`layers.redis.resp`). The
+        caller, a receive loop, files what comes back and sees it was cancelled."""
+        reader = compat.stream_reader(conn)
+        if reader is None:
+            return await compat.read_reply(conn, timeout)
+        reply = BlockedReply(reader)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await reply.read()
+        except asyncio.CancelledError:
+            client_id = watch.client_id
+            if client_id is None or not await self.unblock(client_id):
+                raise
+            async with asyncio.timeout(_UNBLOCK_TIMEOUT):
+                response = await reply.read()
+        except (UnexpectedReply, ValueError) as exc:
+            raise RedisConnectionError(f"reading from {self.address}: {exc}") from exc
+        if isinstance(response, ResponseError):
+            raise response
+        return response
 
     async def unblock(self, client_id: int) -> bool:
         """End another connection's blocking pop as if it had timed out (it pops nothing).

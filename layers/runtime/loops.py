@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -103,3 +104,62 @@ def close_with_loop(
     # Loops that refuse new attributes (uvloop) drop connections when collected instead.
     with contextlib.suppress(AttributeError):
         loop.close = close  # type: ignore[method-assign]
+
+
+class Turn:
+    """A lock across event loops and threads, for a queue whose order matters.
+
+    Receive loops of one instance in several event loops (``async_to_sync`` calls from
+    several threads) may all drain the instance's process-local queue. Each takes a batch
+    and files it into the shared buffer; two batches filed in the other order would break
+    FIFO per channel. Taking turns, a batch is fetched and filed before the next is taken.
+    Waiting for a turn never blocks a thread: waiters park a future on their own loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if not self._held:
+                    self._held = True
+                    return
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    elif not self._held:
+                        # Woken just as we were cancelled: pass the turn on.
+                        self._wake_next()
+                raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._held = False
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            try:
+                waiter.get_loop().call_soon_threadsafe(self._resolve, waiter)
+            except RuntimeError:
+                continue  # its loop is closed: nobody waits there any more
+            return
+
+    def _resolve(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+        # Cancelled before the wake-up ran: the next waiter gets it.
+        with self._lock:
+            if not self._held:
+                self._wake_next()

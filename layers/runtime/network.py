@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from layers.base import BaseLayer, Message
 from layers.queues import LocalQueues
-from layers.runtime.loops import PerLoop
+from layers.runtime.loops import PerLoop, Turn
 from layers.runtime.receiver import Fetched, ReceiveLoop, Source
 
 logger = logging.getLogger("layers")
@@ -73,6 +73,7 @@ class LoopState:
                 file=layer._file,
                 failures=self.failures,
                 on_exit=lambda done: self._forget(key, done),
+                turn=layer._turn(key) if source.drain else None,
             )
         return loop
 
@@ -95,6 +96,8 @@ class LoopState:
         await self.transport.close()
 
     def abandon(self) -> None:
+        for loop in self.loops.values():
+            loop.abandon()
         self.loops.clear()
         self.transport.abandon()
 
@@ -117,6 +120,7 @@ class NetworkLayer(BaseLayer):
         self._loops: PerLoop[LoopState] = PerLoop(
             lambda loop: LoopState(self, self._open_transport(loop))
         )
+        self._turns: dict[Hashable, Turn] = {}
 
     # -- what a backend supplies -----------------------------------------------------------
 
@@ -130,6 +134,11 @@ class NetworkLayer(BaseLayer):
 
     def _state(self) -> LoopState:
         return self._loops.get()
+
+    def _turn(self, key: Hashable) -> Turn:
+        """The turn every event loop's receive loop on the draining source ``key`` takes."""
+        # setdefault is atomic for a dict: two threads always get the same Turn.
+        return self._turns.setdefault(key, Turn())
 
     def _file(self, items: list[Fetched], drain: bool) -> None:
         """Put fetched messages into the buffer under every channel each names.

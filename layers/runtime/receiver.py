@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from layers.errors import BackendUnavailable, LayerError
+from layers.runtime.loops import Turn
 
 logger = logging.getLogger("layers")
 
@@ -89,6 +90,7 @@ class ReceiveLoop:
         file: Filer,
         failures: Failures,
         on_exit: Callable[[ReceiveLoop], None],
+        turn: Turn | None = None,
     ) -> None:
         self.source = source
         self.drain = source.drain
@@ -99,6 +101,9 @@ class ReceiveLoop:
         self._file = file
         self._failures = failures
         self._on_exit = on_exit
+        # Shared with the receive loops of other event loops on the same queue.
+        self._turn = turn
+        self._holding = False
         self.receivers: set[asyncio.Task[Any]] = set()
         self._last_receiver = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +142,12 @@ class ReceiveLoop:
             with contextlib.suppress(BaseException):
                 await task
 
+    def abandon(self) -> None:
+        """Its event loop closed under it: let the other loops take their turns."""
+        if self._holding and self._turn is not None:
+            self._holding = False
+            self._turn.release()
+
     def _wanted(self) -> bool:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -158,9 +169,15 @@ class ReceiveLoop:
         try:
             while self._wanted():
                 started = time.monotonic()
+                turn = self._turn
+                if turn is not None:
+                    await turn.acquire()
+                    self._holding = True
                 self._fetching = True
                 try:
                     items = await self.source.fetch(self._count())
+                    if items:
+                        await self._place(items)
                 except LayerError as exc:
                     failing_since = failing_since or started
                     if time.monotonic() - failing_since >= self._retry_timeout:
@@ -171,9 +188,11 @@ class ReceiveLoop:
                     continue
                 finally:
                     self._fetching = False
+                    if turn is not None:
+                        self._holding = False
+                        turn.release()
                 failing_since, backoff = None, _FIRST_BACKOFF
                 if items:
-                    await self._place(items)
                     # Let the receivers just woken take their messages (and leave) before
                     # counting who still waits, or the next fetch would be for nobody.
                     await asyncio.sleep(0)
