@@ -379,8 +379,13 @@ class ShardClient:
     async def close(self) -> None:
         self._idle.clear()
         self._idle_blocking.clear()
-        for conn in list(self._open):
-            await self._discard(conn)
+        conns, self._open = list(self._open), set()
+        self._client_ids.clear()
+        # Closed and waited for, not just scheduled: once close() returns, the server may
+        # count its clients (as tests and operators do) and find none of ours.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_UNBLOCK_TIMEOUT):
+                await asyncio.gather(*(conn.disconnect() for conn in conns), return_exceptions=True)
         # Sentinel pools keep clients of their own for asking the sentinels.
         manager = getattr(self._pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
