@@ -41,7 +41,8 @@ class ShardSpec:
 
 
 def parse_hosts(hosts: Any) -> list[ShardSpec]:
-    if hosts is None:
+    # An empty list means the default server, as it does for channels_redis.
+    if hosts is None or (isinstance(hosts, list | tuple) and len(hosts) == 0):
         hosts = [DEFAULT_HOST]
     if isinstance(hosts, str | Mapping) or (
         isinstance(hosts, tuple) and len(hosts) == 2 and isinstance(hosts[1], int)

@@ -62,6 +62,14 @@ async def test_single_host_string(shared_redis: str, prefix: str) -> None:
     await round_trip(shared_redis, prefix)
 
 
+@pytest.mark.parametrize("hosts", [None, [], ()])
+async def test_no_hosts_means_the_default_server(
+    shared_redis: str, prefix: str, hosts: Any
+) -> None:
+    # As in channels_redis, whose settings may say "hosts": [].
+    await round_trip(hosts, prefix)
+
+
 @pytest.fixture
 def unix_server(redis_binary: str, tmp_path: Path) -> Iterator[str]:
     path = str(tmp_path / "redis.sock")
@@ -141,7 +149,6 @@ async def test_sentinel_dict(
 @pytest.mark.parametrize(
     "hosts",
     [
-        [],
         ["http://127.0.0.1"],
         [42],
         [("127.0.0.1",)],
