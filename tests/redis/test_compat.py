@@ -14,7 +14,7 @@ import redis
 from redis.asyncio.connection import AbstractConnection, Connection
 
 from layers.redis import compat
-from layers.redis.connections import ShardClient
+from layers.redis.connections import ShardClient, Watch
 from layers.redis.hosts import parse_hosts
 
 REDIS_MAJOR = int(redis.__version__.split(".")[0])
@@ -72,6 +72,15 @@ async def test_paths_on_the_installed_redis_py(conn: AbstractConnection) -> None
     assert compat.stale_check_path(conn) == expected, redis.__version__
     assert compat.write_path(conn) == "writer", redis.__version__
     assert compat.close_socket_path(conn) == "sock", redis.__version__
+    # Blocking pops are read off the connection's StreamReader (layers.redis.resp).
+    assert isinstance(compat.stream_reader(conn), asyncio.StreamReader), redis.__version__
+
+
+def test_stream_reader_falls_back_to_none() -> None:
+    class Bare:
+        _reader = object()
+
+    assert compat.stream_reader(Bare()) is None  # type: ignore[arg-type]
 
 
 # -- is_stale ------------------------------------------------------------------------------------
@@ -235,9 +244,16 @@ async def test_shard_client_on_the_public_fallbacks(
     force(monkeypatch, "stale_check_path", "connected")
     force(monkeypatch, "write_path", "send_packed_command")
     force(monkeypatch, "close_socket_path", "shutdown")
+    monkeypatch.setattr(compat, "stream_reader", lambda conn: None)
     client = ShardClient(parse_hosts(shared_redis)[0], OPTIONS, retry_timeout=2.0)
     try:
         assert await client.call("PING") == b"PONG"
+        # Blocking pops read by redis-py: empty, then with an entry.
+        key = f"compat:{id(client)}"
+        watch = Watch()
+        assert await client.call("BLPOP", key, 0.01, timeout=2.0, watch=watch) is None
+        await client.call("RPUSH", key, "v")
+        assert await client.call("BLPOP", key, 1, timeout=2.0, watch=watch) == [key.encode(), b"v"]
         # A connection the server closed while idle: its failure is retried when safe.
         client_id = await client.call("CLIENT", "ID")
         admin = redis.asyncio.Redis.from_url(shared_redis)
