@@ -27,8 +27,9 @@ connections beyond a few are closed, and any left unused for ``_IDLE_LIFETIME`` 
 are closed on the next acquire.
 
 A connection stays usable only while it is in step (every reply read). Any failure or
-cancellation during an exchange discards it; an error reply, which is a complete reply,
-leaves it in step.
+cancellation during an exchange discards it, except a blocked pop whose caller is
+cancelled: that pop is ended and its reply read whole, so what it took is not lost. An
+error reply, which is a complete reply, leaves the connection in step.
 """
 
 from __future__ import annotations
