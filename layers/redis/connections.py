@@ -50,6 +50,7 @@ from layers.redis import compat
 from layers.redis.hosts import ShardSpec
 from layers.redis.resp import BlockedReply, UnexpectedReply
 from layers.redis.scripts import Script
+from layers.runtime.boundary import Boundary
 
 logger = logging.getLogger("layers.redis")
 
@@ -94,6 +95,14 @@ class ShardClient:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.address = spec.address
+        # Error replies are refusals; anything else redis-py raises means the server
+        # could not be reached or answered out of step.
+        self._boundary = Boundary(
+            spec.address,
+            refused=(ResponseError,),
+            unavailable=(RedisError, OSError),
+            describe=compat.error_text,
+        )
         self._pool: ConnectionPool = spec.make_pool(pool_options)
         self._retry_timeout = retry_timeout
         self._write_timeout = pool_options.get("socket_timeout") or 5.0
@@ -217,10 +226,8 @@ class ShardClient:
         Raises :class:`~layers.errors.ServerError` for an error reply and
         :class:`~layers.errors.BackendUnavailable` when the server cannot be reached.
         """
-        try:
+        with self._boundary:
             return await self._call(_pack(args), idempotent, timeout, watch)
-        except ResponseError as exc:
-            raise ServerError(self.address, compat.error_text(exc)) from exc
 
     async def _call(
         self,
@@ -355,15 +362,13 @@ class ShardClient:
     ) -> Any:
         """Run a Lua script by SHA1, loading it first if the server does not have it."""
         data = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        try:
+        with self._boundary:
             try:
                 return await self._call(data, idempotent, None, None)
             except NoScriptError:
                 # Not run at all (server restarted or SCRIPT FLUSH): load it and go again.
                 await self._call(_pack(("SCRIPT", "LOAD", script.body)), True, None, None)
                 return await self._call(data, idempotent, None, None)
-        except ResponseError as exc:
-            raise ServerError(self.address, compat.error_text(exc)) from exc
 
     async def clock_offset_ms(self) -> float:
         """Server clock minus ours, in ms; entry expiry times are on the server clock."""
