@@ -34,6 +34,9 @@ _CHANNEL_NAME = re.compile(r"[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?")
 _GROUP_NAME = re.compile(r"[a-zA-Z0-9\-_.]+")
 _NAME_RULE = "ASCII letters, digits, '-', '_' or '.', shorter than 100 characters"
 
+_valid_channel_names: set[str] = set()
+_VALID_NAMES_KEPT = 4096
+
 Message = dict[str, Any]
 CapacityPattern = tuple["re.Pattern[str]", int]
 
@@ -92,16 +95,22 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         # Names this instance's process-local channels, so a message to one reaches only us.
         self.client_prefix = secrets.token_hex(6)
+        self._own_marker = f".{self.client_prefix}!"
 
     # -- names ---------------------------------------------------------------------------
 
     def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
-        if (
-            type(name) is not str
-            or len(name) >= MAX_NAME_LENGTH
-            or not _CHANNEL_NAME.fullmatch(name)
-        ):
+        if type(name) is not str:
             raise TypeError(f"invalid channel name {name!r}: use {_NAME_RULE}, and at most one '!'")
+        if name in _valid_channel_names:
+            return True
+        if len(name) >= MAX_NAME_LENGTH or not _CHANNEL_NAME.fullmatch(name):
+            raise TypeError(f"invalid channel name {name!r}: use {_NAME_RULE}, and at most one '!'")
+        # Every send and receive checks its name; most names recur, so a set lookup
+        # replaces the regex. Capped: process-local names are many and short-lived.
+        if len(_valid_channel_names) >= _VALID_NAMES_KEPT:
+            _valid_channel_names.clear()
+        _valid_channel_names.add(name)
         return True
 
     def require_valid_group_name(self, name: Any) -> bool:
@@ -129,7 +138,8 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def is_local_channel(self, name: str) -> bool:
         """True for a process-local channel created by *this* instance."""
-        return "!" in name and name[: name.index("!")].endswith("." + self.client_prefix)
+        # A name holds at most one "!", so this is "the part before it ends in .<ours>".
+        return self._own_marker in name
 
     def require_own_channel(self, name: str) -> None:
         """Raise :class:`ForeignChannel` for a process-local channel another instance made.

@@ -90,11 +90,27 @@ class LocalQueues(Generic[T]):
         Check and append are one step, so concurrent senders on several threads can never
         overfill a channel between them. Returns whether the entry went in.
         """
+        # The hot path of every memory-layer send: inlined like put.
         with self._lock:
             now = self._clock()
-            if self._size(channel, now) >= capacity:
-                return False
-            self._append(channel, payload, expires_at, now)
+            if now >= self._next_sweep:
+                self._sweep(now)
+            queues = self._queues
+            queue = queues.get(channel)
+            if queue is None:
+                queue = queues[channel] = deque()
+            else:
+                # Never empty while listed: a queue that empties is dropped from the dict.
+                if queue[0][0] <= now:
+                    self._drop_expired(channel, queue, now)
+                    queues[channel] = queue
+                if len(queue) >= capacity:
+                    if not queue:
+                        del queues[channel]
+                    return False
+            queue.append((expires_at, payload))
+            if channel in self._waiters:
+                self._wake(channel)
             return True
 
     def put_front(self, channel: str, payload: T, expires_at: float) -> None:
@@ -128,6 +144,8 @@ class LocalQueues(Generic[T]):
 
     async def get(self, channels: Sequence[str]) -> tuple[str, T]:
         """Wait for the first entry on any of ``channels``; cancellation loses nothing."""
+        if len(channels) == 1:
+            return await self.get_one(channels[0])
         loop = asyncio.get_running_loop()
         woken_for: str | None = None
         waiter: _Waiter | None = None
@@ -155,6 +173,37 @@ class LocalQueues(Generic[T]):
                         # A put chose us just as we were cancelled; that wake-up was meant
                         # for a receiver, and puts meanwhile skipped us as already woken.
                         self._pass_on(channels)
+                raise
+
+    async def get_one(self, channel: str) -> tuple[str, T]:
+        """``get((channel,))``, the hot path of every receive, for callers to use directly:
+        no wake-up to pass on (what it finds is always of the channel it was woken for)."""
+        lock = self._lock
+        queues = self._queues
+        while True:
+            with lock:
+                queue = queues.get(channel)
+                if queue is not None:
+                    now = self._clock()
+                    if queue[0][0] <= now:
+                        self._drop_expired(channel, queue, now)
+                    if queue:
+                        payload = queue.popleft()[1]
+                        if not queue:
+                            del queues[channel]
+                        return channel, payload
+                waiter = _Waiter(asyncio.get_running_loop().create_future())
+                waiters = self._waiters.get(channel)
+                if waiters is None:
+                    waiters = self._waiters[channel] = deque()
+                waiters.append(waiter)
+            try:
+                await waiter.future
+            except BaseException:
+                with lock:
+                    self._forget(waiter, (channel,))
+                    if waiter.chosen:
+                        self._pass_on((channel,))
                 raise
 
     def remove(self, channel: str) -> None:

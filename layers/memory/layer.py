@@ -58,9 +58,10 @@ class InMemoryChannelLayer(BaseLayer):
 
     async def receive(self, channel: str) -> Message:
         self.require_valid_channel_name(channel)
-        self.require_own_channel(channel)
+        if "!" in channel:
+            self.require_own_channel(channel)
         while True:
-            _, data = await self._queues.get((channel,))
+            _, data = await self._queues.get_one(channel)
             message = self.decode_or_none(data, channel)
             if message is not None:
                 return message

@@ -206,7 +206,10 @@ class NetworkLayer(BaseLayer):
             loop.add(task)
         found = None
         try:
-            found = await self._buffer.get(channels)
+            if len(channels) == 1:
+                found = await self._buffer.get_one(channels[0])
+            else:
+                found = await self._buffer.get(channels)
         except asyncio.CancelledError:
             error = state.failures.pop(task, None)
             if error is not None and task.uncancel() == 0:
