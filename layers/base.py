@@ -81,10 +81,10 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
                 f"{type(self).__name__} got unknown config key(s): "
                 + ", ".join(repr(key) for key in sorted(unknown))
             )
-        self.expiry = _positive_number("expiry", expiry)
-        self.group_expiry = _positive_number("group_expiry", group_expiry)
-        self.capacity = _positive_int("capacity", capacity)
-        self.max_message_size = _positive_int("max_message_size", max_message_size)
+        self.expiry = seconds_option("expiry", expiry)
+        self.group_expiry = seconds_option("group_expiry", group_expiry)
+        self.capacity = int_option("capacity", capacity)
+        self.max_message_size = int_option("max_message_size", max_message_size)
         if not isinstance(prefix, str) or not _GROUP_NAME.fullmatch(prefix):
             raise ConfigurationError(f"prefix must be a non-empty string of {_NAME_RULE}")
         self.prefix = prefix
@@ -259,7 +259,7 @@ def compile_capacities(channel_capacity: Mapping[Any, int] | None) -> list[Capac
         )
     compiled: list[CapacityPattern] = []
     for pattern, capacity in channel_capacity.items():
-        value = _positive_int(f"channel_capacity[{pattern!r}]", capacity)
+        value = int_option(f"channel_capacity[{pattern!r}]", capacity)
         if isinstance(pattern, re.Pattern):
             compiled.append((pattern, value))
         elif isinstance(pattern, str):
@@ -271,15 +271,30 @@ def compile_capacities(channel_capacity: Mapping[Any, int] | None) -> list[Capac
     return compiled
 
 
-def _positive_number(key: str, value: Any) -> float:
+def seconds_option(key: str, value: Any) -> float:
+    """A config value that must be a positive number of seconds; raises ConfigurationError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigurationError(f"{key} must be a positive number of seconds, not {value!r}")
-    return value
+    return float(value)
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
+def int_option(key: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    """A config value that must be an integer from ``low`` (to ``high``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        if high is not None:
+            wanted = f"an integer from {low} to {high}"
+        elif low == 1:
+            wanted = "a positive integer"
+        elif low == 0:
+            wanted = "a non-negative integer"
+        else:
+            wanted = f"an integer of at least {low}"
+        raise ConfigurationError(f"{key} must be {wanted}, not {value!r}")
     return value
 
 

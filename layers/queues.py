@@ -72,7 +72,8 @@ class LocalQueues(Generic[T]):
             return self._size(channel, self._clock())
 
     def put(self, channel: str, payload: T, expires_at: float) -> None:
-        # The hot path of every send: _append inlined, since a call costs as much as the lock.
+        # The hot path of every network layer's delivery: inlined, since a call costs as
+        # much as the lock.
         with self._lock:
             now = self._clock()
             if now >= self._next_sweep:
@@ -227,16 +228,6 @@ class LocalQueues(Generic[T]):
             return 0
         self._drop_expired(channel, queue, now)
         return len(queue)
-
-    def _append(self, channel: str, payload: T, expires_at: float, now: float) -> None:
-        if now >= self._next_sweep:
-            self._sweep(now)
-        queue = self._queues.get(channel)
-        if queue is None:
-            queue = self._queues[channel] = deque()
-        queue.append((expires_at, payload))
-        if channel in self._waiters:
-            self._wake(channel)
 
     def _pop(self, channels: Sequence[str], now: float) -> tuple[str, T] | None:
         for channel in channels:

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from channels.exceptions import ChannelFull
 
-from layers.base import Message
+from layers.base import Message, int_option, seconds_option
 from layers.errors import ConfigurationError
 from layers.redis import scripts
 from layers.redis.connections import ShardClient
@@ -83,34 +83,15 @@ class RedisChannelLayer(NetworkLayer):
                 f"serializer_format {serializer_format!r} is not supported: messages are "
                 "always msgpack (channels_redis's default); drop the key"
             )
-        if (
-            isinstance(random_prefix_length, bool)
-            or not isinstance(random_prefix_length, int)
-            or random_prefix_length < 0
-        ):
-            raise ConfigurationError(
-                f"random_prefix_length must be a non-negative integer, not {random_prefix_length!r}"
-            )
+        int_option("random_prefix_length", random_prefix_length, low=0)
         self.shards: list[ShardSpec] = parse_hosts(hosts)
-        self.block_timeout = _seconds("block_timeout", block_timeout)
-        self.socket_timeout = _seconds("socket_timeout", socket_timeout)
-        self.connect_timeout = _seconds("connect_timeout", connect_timeout)
-        self.retry_timeout = _seconds("retry_timeout", retry_timeout)
-        if isinstance(local_batch, bool) or not isinstance(local_batch, int) or local_batch < 1:
-            raise ConfigurationError(f"local_batch must be a positive integer, not {local_batch!r}")
-        self.local_batch = local_batch
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 99:
-            raise ConfigurationError(f"prefetch must be an integer from 0 to 99, not {prefetch!r}")
-        self.prefetch = prefetch
-        if (
-            isinstance(max_connections, bool)
-            or not isinstance(max_connections, int)
-            or max_connections < 1
-        ):
-            raise ConfigurationError(
-                f"max_connections must be a positive integer, not {max_connections!r}"
-            )
-        self.max_connections = max_connections
+        self.block_timeout = seconds_option("block_timeout", block_timeout)
+        self.socket_timeout = seconds_option("socket_timeout", socket_timeout)
+        self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
+        self.retry_timeout = seconds_option("retry_timeout", retry_timeout)
+        self.local_batch = int_option("local_batch", local_batch)
+        self.prefetch = int_option("prefetch", prefetch, low=0, high=99)
+        self.max_connections = int_option("max_connections", max_connections)
         self.linger = 2 * self.block_timeout
         self._expiry_ms = max(1, round(self.expiry * 1000))
         self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
@@ -301,9 +282,3 @@ class _Transport:
         for client in self.clients.values():
             client.abandon()
         self.clients.clear()
-
-
-def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigurationError(f"{key} must be a positive number of seconds, not {value!r}")
-    return float(value)
