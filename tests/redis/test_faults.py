@@ -4,6 +4,7 @@ an idle receive outliving redis-py's default socket timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -12,8 +13,12 @@ import redis.asyncio as redis
 from layers.errors import BackendUnavailable
 from layers.redis import RedisChannelLayer
 from tests.redis.harness import RedisProcess
+from tests.redis.waiting import wait_blocked, wait_until
 
 pytestmark = [pytest.mark.xdist_group("redis-faults"), pytest.mark.timeout(60)]
+
+#: Sends (beyond the first few) that must follow the restart.
+AFTER_RESTART = 40
 
 
 def make_layer(server: RedisProcess, prefix: str, **config: object) -> RedisChannelLayer:
@@ -57,19 +62,30 @@ async def test_restart_during_sends_and_receives(own_server: RedisProcess, prefi
 
     consumers = [asyncio.create_task(consume(channel)) for channel in got]
     producer = asyncio.create_task(produce())
-    await asyncio.sleep(0.5)
-    await asyncio.to_thread(own_server.restart, 0.5)
+    await wait_until(lambda: all(got.values()), "both channels received a message")
+    # Down for a moment (time, not a condition: nothing shows "every client noticed"); the
+    # kill already breaks every connection, so this only needs to be short and non-zero.
+    await asyncio.to_thread(own_server.restart, 0.2)
     restarted_at = len(sent)
-    await asyncio.sleep(1.5)
+    # The first few sends after the restart may have been under way during it.
+    await wait_until(
+        lambda: len(sent) >= restarted_at + 4 + AFTER_RESTART, "sends went on after the restart"
+    )
     stop.set()
     await producer
-    await asyncio.sleep(1.0)
+    after = set(sent[restarted_at + 4 :])
+    # Per channel FIFO: once everything sent after the restart has arrived, so has anything
+    # else still deliverable.
+    with contextlib.suppress(AssertionError):
+        await wait_until(
+            lambda: after <= set(got["work"] + got[local]),
+            "everything sent after the restart arrived",
+        )
     for task in consumers:
         task.cancel()
     received = got["work"] + got[local]
     assert len(received) == len(set(received)), "a message was delivered twice"
     assert set(received) <= set(sent) | set(maybe)
-    after = set(sent[restarted_at + 4 :])
     assert after, "nothing was sent after the restart"
     missing = after - set(received)
     assert not missing, f"{len(missing)} messages sent after the restart never arrived"
@@ -83,10 +99,11 @@ async def test_killed_connections_are_survived(own_server: RedisProcess, prefix:
     local = await layer.new_channel()
     waiting = [asyncio.create_task(layer.receive(ch)) for ch in ("work", local)]
     await other.send("warm", {"type": "m"})
-    await asyncio.sleep(0.2)
+    # Both receives parked: the pop for "work" and the receive loop of the local channels.
+    await wait_blocked(own_server.port, 2)
     assert await kill_clients(own_server) >= 3
-    await asyncio.sleep(0.2)
     # Pooled connections died idle, the receive loops died blocked: all must recover.
+    await wait_blocked(own_server.port, 2)
     await other.send("work", {"type": "m", "n": 1})
     await other.send(local, {"type": "m", "n": 2})
     results = await asyncio.wait_for(asyncio.gather(*waiting), 5)
@@ -139,18 +156,22 @@ async def test_kill_storm_delivers_nothing_twice(own_server: RedisProcess, prefi
 async def test_server_down_raises_backend_unavailable(
     own_server: RedisProcess, prefix: str
 ) -> None:
-    layer = make_layer(own_server, prefix, retry_timeout=1, connect_timeout=0.5)
+    # Each call below retries for retry_timeout before it gives up: that is time, not a
+    # condition, so it is made short (a refused connect fails at once; connect_timeout only
+    # bounds a connect that hangs).
+    retry = 0.5
+    layer = make_layer(own_server, prefix, retry_timeout=retry, connect_timeout=0.5)
     await layer.send("ok", {"type": "m"})
     own_server.stop()
     address = f"127.0.0.1:{own_server.port}"
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match=address):
         await layer.send("ok", {"type": "m"})
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < retry + 3
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match=address):
         await asyncio.wait_for(layer.receive("nothing"), 10)
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < retry + 5
     with pytest.raises(BackendUnavailable, match=address):
         await layer.group_send("g", {"type": "m"})
     await layer.close()
@@ -162,12 +183,25 @@ async def test_server_down_raises_backend_unavailable(
 
 
 async def test_idle_receive_outlives_the_socket_timeout(shared_redis: str, prefix: str) -> None:
-    # redis-py 8 reads with a 5 s socket timeout by default; a receive must not care.
-    layer = RedisChannelLayer(hosts=[shared_redis], prefix=prefix, block_timeout=5)
+    # redis-py 8 reads with a 5 s socket timeout by default; a receive must not care. Scaled
+    # down: the server holds each pop for block_timeout, twice the socket timeout, so a pop's
+    # reply read with the socket timeout would time out first; a receive loop failing for
+    # retry_timeout hands the error to its receives.
+    socket_timeout, block_timeout, retry_timeout = 0.5, 1.0, 0.5
+    layer = RedisChannelLayer(
+        hosts=[shared_redis],
+        prefix=prefix,
+        socket_timeout=socket_timeout,
+        block_timeout=block_timeout,
+        retry_timeout=retry_timeout,
+    )
     other = RedisChannelLayer(hosts=[shared_redis], prefix=prefix)
     local = await layer.new_channel()
     waiting = [asyncio.create_task(layer.receive(ch)) for ch in ("idle", local)]
-    await asyncio.sleep(6.5)
+    # Time, not a condition: the property is that nothing happens while the receives stay
+    # idle past the socket timeout, a whole blocked pop (the pops are reissued) and the
+    # retry_timeout a failing pop would be retried for.
+    await asyncio.sleep(block_timeout + socket_timeout + retry_timeout)
     assert not any(task.done() for task in waiting), [t.exception() for t in waiting if t.done()]
     await other.send("idle", {"type": "m", "n": 1})
     await other.send(local, {"type": "m", "n": 2})

@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 
 from layers.redis import RedisChannelLayer
 from tests.redis.harness import RedisProcess
+from tests.redis.waiting import wait_blocked
 
 pytestmark = [pytest.mark.xdist_group("redis-faults"), pytest.mark.timeout(60)]
 
@@ -62,7 +63,9 @@ async def test_many_local_consumers_share_one_connection(
     other = RedisChannelLayer(hosts=[own_server.url], prefix=prefix)
     channels = [await layer.new_channel() for _ in range(2000)]
     waiting = [asyncio.create_task(layer.receive(channel)) for channel in channels]
-    await asyncio.sleep(0.3)
+    # The receives have started (they run as soon as this test first waits) and the
+    # instance's receive loop is parked in its pop.
+    await wait_blocked(own_server.port)
     # One blocking pop for all 2000 receivers (plus at most a couple of idle connections).
     assert await asyncio.to_thread(connected_clients, own_server) <= 2
     for channel in channels:

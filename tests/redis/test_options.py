@@ -9,6 +9,8 @@ import redis.asyncio as redis
 
 from layers.errors import ConfigurationError
 from layers.redis import RedisChannelLayer
+from tests.redis.harness import RedisProcess
+from tests.redis.waiting import wait_blocked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,13 +74,17 @@ async def test_flush_touches_only_its_prefix(shared_redis: str, prefix: str) -> 
 
 
 async def test_abandoned_receive_does_not_take_the_next_message(
-    shared_redis: str, prefix: str
+    own_server: RedisProcess, prefix: str
 ) -> None:
-    first = RedisChannelLayer(hosts=[shared_redis], prefix=prefix)
-    second = RedisChannelLayer(hosts=[shared_redis], prefix=prefix)
+    # A private server, so that the one blocked client on it is the first instance's pop.
+    first = RedisChannelLayer(hosts=[own_server.url], prefix=prefix)
+    second = RedisChannelLayer(hosts=[own_server.url], prefix=prefix)
     try:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(first.receive("shared"), 0.2)
+        abandoned = asyncio.create_task(first.receive("shared"))
+        await wait_blocked(own_server.port)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
         await second.send("shared", {"type": "m", "n": 1})
         # The first instance's blocked pop was ended when its receive gave up.
         assert (await asyncio.wait_for(second.receive("shared"), 2))["n"] == 1
