@@ -20,14 +20,25 @@ SETTLE = 0.1
 #: Overall bound for the many-receiver and cancellation workloads.
 WORKLOAD_TIMEOUT = 10.0
 
-#: ``expiry`` used by the expiry checks, and how long to wait to be past it.
-EXPIRY = 1
-EXPIRY_WAIT = 1.5
-#: ``group_expiry`` used by the membership checks. Layers may round join times to whole
-#: seconds, so a membership is only required to have lapsed a little over a second later.
+#: ``expiry`` used by the expiry checks, and how long to wait to be past it. Sub-second:
+#: the contract's ``expiry`` is a number of seconds, not a whole number (a layer that
+#: truncates 0.5 to 0 keeps nothing at all). A message sent after the wait must still be
+#: received within ``EXPIRY``.
+EXPIRY = 0.5
+EXPIRY_WAIT = 0.8
+#: ``group_expiry`` used by the membership checks: a whole second, since layers pass it to
+#: Redis ``EXPIRE`` (integers only) or compare it with join times rounded down to whole
+#: seconds (Channels' ``InMemoryChannelLayer``: ``int(joined) < int(now) - group_expiry``),
+#: which keeps a membership for up to two seconds. So a membership may lapse any time from
+#: ``GROUP_EXPIRY`` on and must have lapsed by ``GROUP_EXPIRY_WAIT``; the check probes with
+#: ``group_send`` every ``GROUP_EXPIRY_POLL`` in between and stops at the first that
+#: reaches nobody.
 GROUP_EXPIRY = 1
 GROUP_EXPIRY_WAIT = 2.3
-#: Re-adding at this interval twice keeps a membership alive under ``GROUP_EXPIRY``.
+GROUP_EXPIRY_POLL = 0.1
+#: Re-adding at this interval twice keeps a membership alive under ``GROUP_EXPIRY``; the
+#: group_send then comes after the first membership would have lapsed (on a layer that
+#: does not round).
 GROUP_REFRESH_STEP = 0.6
 
 #: Contract defaults.

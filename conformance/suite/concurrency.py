@@ -187,7 +187,7 @@ class ReceiveManyChecks:
         a, b = names.channel("a"), names.channel("b")
         waiting = asyncio.create_task(receive_many([a, b]))
         try:
-            await asyncio.sleep(QUIET_WAIT)
+            await asyncio.sleep(SETTLE)
             assert not waiting.done(), (
                 f"receive_many on empty channels returned {waiting.result()!r}"
             )
