@@ -7,6 +7,7 @@ the reason, except in CI (``CI`` set), where a missing server is a failure.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import in_ci
-from tests.redis.harness import REDIS_SERVER, RedisProcess, ping, start_sentinel
+from tests.redis.harness import REDIS_SERVER, RedisProcess, free_port, ping, start_sentinel
 
 pytest.importorskip("redis", reason="the [redis] extra is not installed")
 
@@ -87,3 +88,48 @@ def own_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
 @pytest.fixture
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:12]
+
+
+def make_certificates(directory: Path) -> dict[str, str]:
+    files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", files["ca-key"], "-out", files["ca"],
+    )  # fmt: skip
+    csr = str(directory / "server.csr")
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", files["key"], "-out", csr,
+    )  # fmt: skip
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
+        "-CAcreateserial", "-days", "1", "-out", files["cert"], "-extfile", str(ext),
+    )  # fmt: skip
+    return files
+
+
+@pytest.fixture
+def tls_server(redis_binary: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        certs = make_certificates(tmp_path)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"openssl could not make a test certificate: {exc}")
+    port = free_port()
+    server = RedisProcess(
+        tmp_path / "tls",
+        extra=[
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", certs["cert"],
+            "--tls-key-file", certs["key"], "--tls-ca-cert-file", certs["ca"],
+            "--tls-auth-clients", "no",
+        ],
+    ).start()  # fmt: skip
+    try:
+        yield port, certs["ca"]
+    finally:
+        server.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from layers.errors import ConfigurationError
 from layers.redis import RedisChannelLayer
 from layers.redis.sharding import jump_hash, shard_index
-from tests.redis.harness import RedisProcess, free_port
+from tests.redis.harness import RedisProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,51 +82,6 @@ def unix_server(redis_binary: str, tmp_path: Path) -> Iterator[str]:
 async def test_unix_socket(unix_server: str, prefix: str) -> None:
     await round_trip([f"unix://{unix_server}"], prefix)
     await round_trip([{"path": unix_server}], prefix)
-
-
-def make_certificates(directory: Path) -> dict[str, str]:
-    files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", files["ca-key"], "-out", files["ca"],
-    )  # fmt: skip
-    csr = str(directory / "server.csr")
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", files["key"], "-out", csr,
-    )  # fmt: skip
-    ext = directory / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
-        "-CAcreateserial", "-days", "1", "-out", files["cert"], "-extfile", str(ext),
-    )  # fmt: skip
-    return files
-
-
-@pytest.fixture
-def tls_server(redis_binary: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        certs = make_certificates(tmp_path)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"openssl could not make a test certificate: {exc}")
-    port = free_port()
-    server = RedisProcess(
-        tmp_path / "tls",
-        extra=[
-            "--port", "0", "--tls-port", str(port), "--tls-cert-file", certs["cert"],
-            "--tls-key-file", certs["key"], "--tls-ca-cert-file", certs["ca"],
-            "--tls-auth-clients", "no",
-        ],
-    ).start()  # fmt: skip
-    try:
-        yield port, certs["ca"]
-    finally:
-        server.stop()
 
 
 async def test_tls(tls_server: tuple[int, str], prefix: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,7 @@ from django.test import override_settings
 
 from layers.errors import ConfigurationError
 from layers.redis import RedisChannelLayer
-from tests.redis.harness import RedisProcess, free_port
-from tests.redis.test_hosts import make_certificates
+from tests.redis.harness import RedisProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,28 +106,10 @@ async def test_hosts_with_a_password(password_server: RedisProcess, prefix: str)
         await works(RedisChannelLayer(hosts=hosts, prefix=prefix))
 
 
-@pytest.fixture
-def tls_port(redis_binary: str, tmp_path: Path) -> Iterator[int]:
-    try:
-        certs = make_certificates(tmp_path)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"openssl could not make a test certificate: {exc}")
-    port = free_port()
-    server = RedisProcess(
-        tmp_path / "tls",
-        extra=[
-            "--port", "0", "--tls-port", str(port), "--tls-cert-file", certs["cert"],
-            "--tls-key-file", certs["key"], "--tls-ca-cert-file", certs["ca"],
-            "--tls-auth-clients", "no",
-        ],
-    ).start()  # fmt: skip
-    try:
-        yield port
-    finally:
-        server.stop()
-
-
-async def test_hosts_tls_without_certificate_check(tls_port: int, prefix: str) -> None:
+async def test_hosts_tls_without_certificate_check(
+    tls_server: tuple[int, str], prefix: str
+) -> None:
+    tls_port, _ = tls_server
     # The channels_redis documentation's setting for Heroku-style self-signed TLS.
     hosts = [{"address": f"rediss://127.0.0.1:{tls_port}", "ssl_cert_reqs": None}]
     await works(RedisChannelLayer(hosts=hosts, prefix=prefix))
