@@ -97,7 +97,9 @@ def close_with_loop(
         if not loop.is_running() and not loop.is_closed():
             try:
                 loop.run_until_complete(cleanup())
-            except Exception:
+            except (Exception, asyncio.CancelledError):
+                # Cancelled: a library's task this cleanup awaited was cancelled by the
+                # loop's shutdown (asyncio.run cancels every task before closing).
                 logger.debug("closing connections with their loop failed", exc_info=True)
         original()
 

@@ -1,0 +1,5 @@
+"""The PostgreSQL channel layer (extra ``[postgres]``)."""
+
+from layers.postgres.layer import PostgresChannelLayer
+
+__all__ = ["PostgresChannelLayer"]

@@ -1,0 +1,88 @@
+"""The connections of one layer instance in one event loop, at most ``size`` at a time.
+
+Not psycopg_pool: ``async_to_sync`` makes and closes an event loop per call, and a pool
+per loop would start (and have cancelled under it by the loop's shutdown) worker tasks and
+a scheduler every time, and its ``close()`` then stops before closing its connections.
+What the layer needs is small: idle connections reused, a bound, connections that are not
+idle after a statement (broken, or cancelled mid-statement) closed, every connection
+closed with its loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+
+class ConnectFailed(psycopg.OperationalError):
+    """No connection could be made: nothing was sent, so a statement may be tried again."""
+
+
+class Connections:
+    def __init__(self, connect: dict[str, Any], size: int) -> None:
+        self._connect = connect
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._open: set[psycopg.AsyncConnection[Any]] = set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._slots:
+            conn = None
+            while self._idle and conn is None:
+                candidate = self._idle.pop()
+                if candidate.closed:
+                    self._open.discard(candidate)
+                else:
+                    conn = candidate
+            if conn is None:
+                conn = await self._new()
+            try:
+                yield conn
+            finally:
+                # Reused only when in step: idle, no statement or transaction half done.
+                if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+                    self._idle.append(conn)
+                else:
+                    await self._discard(conn)
+
+    async def _new(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                **self._connect, autocommit=True, prepare_threshold=0
+            )
+        except psycopg.OperationalError as exc:
+            raise ConnectFailed(str(exc)) from exc
+        self._open.add(conn)
+        try:
+            # Messages are ephemeral: a commit need not wait for the WAL to reach disk.
+            await conn.execute("SET synchronous_commit = off")
+        except BaseException:
+            await self._discard(conn)
+            raise
+        return conn
+
+    async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._open.discard(conn)
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+    async def close(self) -> None:
+        self._idle.clear()
+        conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def abandon(self) -> None:
+        """Close every socket of a loop already closed (nothing can be awaited there)."""
+        self._idle.clear()
+        conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()

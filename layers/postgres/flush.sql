@@ -1,0 +1,8 @@
+-- flush: remove every message and membership under one prefix, and nothing else.
+--
+-- takes    prefix
+-- returns  one row: how many messages went
+WITH memberships AS (
+    DELETE FROM channel_layers_v1_groups WHERE prefix = %(prefix)s
+)
+DELETE FROM channel_layers_v1_messages WHERE prefix = %(prefix)s

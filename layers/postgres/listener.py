@@ -1,0 +1,154 @@
+"""The LISTEN connection of one layer instance in one event loop: wake-ups, never messages.
+
+One dedicated autocommit connection, outside the pool, LISTENs on two NOTIFY channels:
+the prefix's (ordinary channels: any instance may read them) and this instance's own (its
+process-local queue: only it reads that). A NOTIFY's payload names the queue that got a
+message; receive loops waiting on that queue are woken and claim. Wake-ups are hints:
+each receive loop also claims every ``poll_interval`` seconds, and after a reconnect every
+waiter is woken, since notifications sent while the connection was down are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+from layers.errors import BackendUnavailable
+from layers.runtime.boundary import Boundary
+
+logger = logging.getLogger("layers.postgres")
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 1.0
+
+
+class Listener:
+    def __init__(
+        self,
+        connect: dict[str, Any],
+        channels: tuple[str, ...],
+        boundary: Boundary,
+        retry_timeout: float,
+    ) -> None:
+        self._connect = connect
+        self._channels = channels
+        self._boundary = boundary
+        self._retry_timeout = retry_timeout
+        # queue -> futures of the receive loops waiting for it
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._generation: dict[str, int] = {}
+        self._epoch = 0
+        self._ready: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def ready(self) -> None:
+        """Wait until LISTEN is in place (a claim made after it misses no wake-up)."""
+        if self._task is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        assert self._ready is not None
+        await asyncio.shield(self._ready)
+
+    def mark(self, queues: Iterable[str]) -> tuple[int, ...]:
+        """Where the wake-ups of ``queues`` stand now; pass to :meth:`wait`."""
+        generation = self._generation
+        return (self._epoch, *(generation.get(queue, 0) for queue in queues))
+
+    async def wait(
+        self,
+        queues: tuple[str, ...],
+        mark: tuple[int, ...],
+        timeout: float,  # noqa: ASYNC109
+        interrupt: asyncio.Future[None],
+    ) -> None:
+        """Wait until one of ``queues`` was notified since ``mark``, ``timeout`` passes or
+        ``interrupt`` is set."""
+        if self.mark(queues) != mark:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        for queue in queues:
+            self._waiters.setdefault(queue, set()).add(waiter)
+        try:
+            await asyncio.wait([waiter, interrupt], timeout=timeout)
+        finally:
+            for queue in queues:
+                waiting = self._waiters.get(queue)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[queue]
+
+    def _wake(self, queue: str) -> None:
+        self._generation[queue] = self._generation.get(queue, 0) + 1
+        for waiter in self._waiters.get(queue, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        self._epoch += 1
+        for waiting in self._waiters.values():
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _run(self) -> None:
+        backoff = _FIRST_BACKOFF
+        failing_since: float | None = None
+        while True:
+            try:
+                with self._boundary:
+                    conn = await psycopg.AsyncConnection.connect(**self._connect, autocommit=True)
+                    self._conn = conn
+                    try:
+                        for channel in self._channels:
+                            await conn.execute(f'LISTEN "{channel}"')
+                        if self._ready is not None and not self._ready.done():
+                            self._ready.set_result(None)
+                        # Anything sent while we were not listening was never announced.
+                        self._wake_all()
+                        failing_since, backoff = None, _FIRST_BACKOFF
+                        async for notify in conn.notifies():
+                            self._wake(notify.payload)
+                    finally:
+                        self._conn = None
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+            except BackendUnavailable as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                logger.debug("listener: %s", exc)
+                if (
+                    self._ready is not None
+                    and not self._ready.done()
+                    and now - failing_since >= self._retry_timeout
+                ):
+                    # Receive loops waiting to start hear of the outage; the next ready()
+                    # tries again.
+                    self._ready.set_exception(exc)
+                    self._ready.exception()
+                    self._ready = asyncio.get_running_loop().create_future()
+                self._wake_all()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._wake_all()
+
+    def abandon(self) -> None:
+        self._task = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()

@@ -1,0 +1,33 @@
+-- schema: the tables and indexes every PostgresChannelLayer uses; idempotent.
+--
+-- takes    nothing (run inside a transaction holding the schema advisory lock, so that
+--          processes starting together do not race on CREATE ... IF NOT EXISTS)
+-- returns  nothing
+--
+-- Object names carry the layout version (v1): a later layout gets names of its own beside
+-- these, never an in-place change. Tables are UNLOGGED (no WAL, and emptied after a server
+-- crash, which at-most-once delivery allows); a layer with durable=True creates them
+-- without UNLOGGED. The first layer to create them decides.
+CREATE UNLOGGED TABLE IF NOT EXISTS channel_layers_v1_messages (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    prefix text NOT NULL,
+    -- the channel, or for a process-local channel its owner's queue ("name.instance!")
+    queue text NOT NULL,
+    channel text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    payload bytea NOT NULL
+);
+CREATE INDEX IF NOT EXISTS channel_layers_v1_messages_queue
+    ON channel_layers_v1_messages (prefix, queue, id);
+CREATE INDEX IF NOT EXISTS channel_layers_v1_messages_expiry
+    ON channel_layers_v1_messages (expires_at);
+
+CREATE UNLOGGED TABLE IF NOT EXISTS channel_layers_v1_groups (
+    prefix text NOT NULL,
+    group_name text NOT NULL,
+    channel text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (prefix, group_name, channel)
+);
+CREATE INDEX IF NOT EXISTS channel_layers_v1_groups_expiry
+    ON channel_layers_v1_groups (expires_at);
