@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
@@ -45,7 +45,7 @@ def with_params(dsn: str, **params: str) -> str:
     parts = urlsplit(dsn)
     query = dict(parse_qsl(parts.query))
     query.update(params)
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def with_application_name(dsn: str, name: str) -> str:
