@@ -1,0 +1,160 @@
+"""The schema: printed by ``python -m layers.postgres sql``, applied by ``init``, created on
+first use, UNLOGGED unless ``durable``; and ``flush`` touching only its own prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layers.postgres import PostgresChannelLayer
+from tests.postgres.harness import PostgresProcess, query
+
+pytestmark = pytest.mark.timeout(60)
+
+TABLES = ("channel_layers_v1_messages", "channel_layers_v1_groups")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layers.postgres", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def persistence(dsn: str) -> dict[str, str]:
+    """relpersistence of our tables that exist: 'p' logged, 'u' unlogged."""
+    rows = query(
+        dsn,
+        "SELECT relname, relpersistence FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r'",
+        (list(TABLES),),
+    )
+    return {name: kind for name, kind in rows}
+
+
+def make_database(server: PostgresProcess, name: str) -> str:
+    query(server.dsn(), f"CREATE DATABASE {name}")
+    return server.dsn(name)
+
+
+def test_sql_prints_idempotent_ddl(own_postgres: PostgresProcess) -> None:
+    for durable, kind in ((False, "u"), (True, "p")):
+        printed = cli("sql", *(["--durable"] if durable else []))
+        assert printed.returncode == 0, printed.stderr
+        ddl = printed.stdout
+        for table in TABLES:
+            assert table in ddl
+        # The comments may mention UNLOGGED either way; the statements decide.
+        statements = " ".join(
+            line for line in ddl.upper().splitlines() if not line.lstrip().startswith("--")
+        )
+        assert ("UNLOGGED" in statements) is not durable
+        dsn = make_database(own_postgres, "printed_durable" if durable else "printed")
+        # Run as printed, twice: the second run changes nothing and raises nothing.
+        query(dsn, ddl)
+        query(dsn, ddl)
+        assert persistence(dsn) == dict.fromkeys(TABLES, kind)
+
+
+def test_init_twice(own_postgres: PostgresProcess) -> None:
+    for durable, kind in ((False, "u"), (True, "p")):
+        dsn = make_database(own_postgres, "init_durable" if durable else "init_plain")
+        for _ in range(2):
+            done = cli("init", "--dsn", dsn, *(["--durable"] if durable else []))
+            assert done.returncode == 0, done.stderr
+        assert persistence(dsn) == dict.fromkeys(TABLES, kind)
+
+
+def test_init_unreachable_fails_naming_the_server(own_postgres: PostgresProcess) -> None:
+    port = own_postgres.port
+    own_postgres.stop()
+    done = cli("init", "--dsn", own_postgres.dsn())
+    assert done.returncode != 0
+    assert f"127.0.0.1:{port}" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("durable", "kind"), [(False, "u"), (True, "p")])
+async def test_created_on_first_use(
+    own_postgres: PostgresProcess, prefix: str, durable: bool, kind: str
+) -> None:
+    dsn = await asyncio.to_thread(make_database, own_postgres, "fresh")
+    assert await asyncio.to_thread(persistence, dsn) == {}
+    layer = PostgresChannelLayer(dsn=dsn, prefix=prefix, durable=durable)
+    other = PostgresChannelLayer(dsn=dsn, prefix=prefix, durable=durable)
+    try:
+        local = await layer.new_channel()
+        await other.send("plain", {"type": "m", "n": 1})
+        await other.send(local, {"type": "m", "n": 2})
+        await other.group_add("g", "plain")
+        await other.group_send("g", {"type": "m", "n": 3})
+        assert (await asyncio.wait_for(layer.receive("plain"), 5))["n"] == 1
+        assert (await asyncio.wait_for(layer.receive(local), 5))["n"] == 2
+        assert (await asyncio.wait_for(layer.receive("plain"), 5))["n"] == 3
+        assert await asyncio.to_thread(persistence, dsn) == dict.fromkeys(TABLES, kind)
+    finally:
+        await layer.close()
+        await other.close()
+
+
+async def test_first_use_by_many_at_once(own_postgres: PostgresProcess, prefix: str) -> None:
+    """Layers starting together on an empty database do not trip over each other's DDL."""
+    dsn = await asyncio.to_thread(make_database, own_postgres, "together")
+    layers = [PostgresChannelLayer(dsn=dsn, prefix=prefix) for _ in range(6)]
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(layer.send(f"c{n}", {"type": "m"}) for n, layer in enumerate(layers))),
+            20,
+        )
+        counted = await asyncio.to_thread(
+            query,
+            dsn,
+            "SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %s",
+            (prefix,),
+        )
+        assert counted == [(6,)]
+    finally:
+        for layer in layers:
+            await layer.close()
+
+
+def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
+    ((messages, groups),) = query(
+        dsn,
+        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
+        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
+        {"p": prefix},
+    )
+    return messages, groups
+
+
+async def test_flush_removes_only_its_prefix(shared_postgres: str, prefix: str) -> None:
+    mine = PostgresChannelLayer(dsn=shared_postgres, prefix=prefix + "a")
+    theirs = PostgresChannelLayer(dsn=shared_postgres, prefix=prefix + "b")
+    try:
+        for layer in (mine, theirs):
+            local = await layer.new_channel()
+            for n in range(3):
+                await layer.send("plain", {"type": "m", "n": n})
+                await layer.send(local, {"type": "m", "n": n})
+            await layer.group_add("g", "plain")
+            await layer.group_add("g", local)
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "a") == (6, 2)
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "b") == (6, 2)
+        await mine.flush()
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "a") == (0, 0)
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "b") == (6, 2)
+        # The other prefix still works as before.
+        assert (await asyncio.wait_for(theirs.receive("plain"), 5))["n"] == 0
+        await theirs.group_send("g", {"type": "m", "n": 9})
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "b") == (7, 2)
+    finally:
+        await theirs.flush()
+        await mine.close()
+        await theirs.close()
