@@ -5,9 +5,10 @@
 -- returns  nothing
 --
 -- Object names carry the layout version (v1): a later layout gets names of its own beside
--- these, never an in-place change. Tables are UNLOGGED (no WAL, and emptied after a server
--- crash, which at-most-once delivery allows); a layer with durable=True creates them
--- without UNLOGGED. The first layer to create them decides.
+-- these, never an in-place change. The tables skip the write-ahead log (faster, and
+-- emptied after a server crash, which at-most-once delivery allows) unless the layer is
+-- durable: sql.py then creates ordinary logged tables. The first layer to create them
+-- decides.
 CREATE UNLOGGED TABLE IF NOT EXISTS channel_layers_v1_messages (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     prefix text NOT NULL,
