@@ -4,14 +4,18 @@ first use, UNLOGGED unless ``durable``; and ``flush`` touching only its own pref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from layers.postgres import PostgresChannelLayer
 from tests.postgres.harness import PostgresProcess, query
+from tests.postgres.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +162,100 @@ async def test_flush_removes_only_its_prefix(shared_postgres: str, prefix: str) 
         await theirs.flush()
         await mine.close()
         await theirs.close()
+
+
+# -- first use on a database in use -------------------------------------------------------------
+#
+# A new instance's first use must not take locks that stop other instances' traffic: the
+# tables exist, so there is nothing to create. These hold a transaction open on a private
+# cluster (on the shared server they would stall every other test).
+
+
+async def _open_writer(server: PostgresProcess, prefix: str) -> psycopg.AsyncConnection[Any]:
+    """A transaction left open after writing a membership (a RowExclusiveLock on the
+    groups table, as any group_add under way holds)."""
+    conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=False)
+    await conn.execute(
+        "INSERT INTO channel_layers_v1_groups (prefix, group_name, channel, expires_at)"
+        " VALUES (%s, 'g', 'c', now() + interval '1 hour')",
+        (prefix + "x",),
+    )
+    return conn
+
+
+async def _waits_on_a_lock(server: PostgresProcess, name: str) -> bool:
+    rows = await asyncio.to_thread(
+        query,
+        server.dsn(),
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+        (name,),
+    )
+    return bool(rows)
+
+
+async def test_first_use_does_not_stop_other_instances(
+    own_postgres: PostgresProcess, prefix: str
+) -> None:
+    warm = PostgresChannelLayer(dsn=own_postgres.dsn(), prefix=prefix)
+    await warm.send("warm", {"type": "m"})
+    writer = await _open_writer(own_postgres, prefix)
+    fresh = PostgresChannelLayer(dsn=own_postgres.dsn_for(prefix + "fresh"), prefix=prefix)
+    first = asyncio.create_task(fresh.send("a", {"type": "m"}))
+    try:
+        # If the first use waits on a lock at all, let it get there before going on.
+        with contextlib.suppress(AssertionError):
+            await wait_until(
+                lambda: _waits_on_a_lock(own_postgres, prefix + "fresh"),
+                "the new instance's first send waits on a lock",
+                timeout=2,
+            )
+        try:
+            await asyncio.wait_for(warm.send("b", {"type": "m"}), 3)
+        except TimeoutError:
+            raise AssertionError(
+                "a send of a running instance waited while a new instance's first use "
+                "waited for a lock (schema DDL on existing tables: CREATE INDEX IF NOT "
+                "EXISTS takes a ShareLock on the table even when the index exists)"
+            ) from None
+    finally:
+        await writer.rollback()
+        await writer.close()
+        await asyncio.wait_for(asyncio.gather(first, return_exceptions=True), 10)
+        await warm.close()
+        await fresh.close()
+    first.result()
+
+
+async def test_first_use_beside_open_transactions_is_no_deadlock(
+    own_postgres: PostgresProcess, prefix: str
+) -> None:
+    warm = PostgresChannelLayer(dsn=own_postgres.dsn(), prefix=prefix)
+    await warm.send("warm", {"type": "m"})
+    writer = await _open_writer(own_postgres, prefix)
+    fresh = PostgresChannelLayer(dsn=own_postgres.dsn_for(prefix + "fresh"), prefix=prefix)
+    first = asyncio.create_task(fresh.send("a", {"type": "m"}))
+    try:
+        with contextlib.suppress(AssertionError):
+            await wait_until(
+                lambda: _waits_on_a_lock(own_postgres, prefix + "fresh"),
+                "the new instance's first send waits on a lock",
+                timeout=2,
+            )
+        # The open transaction now writes a message too (as flush or group_send do, groups
+        # then messages): with the first use holding the messages table, that is a cycle.
+        await asyncio.wait_for(
+            writer.execute(
+                "INSERT INTO channel_layers_v1_messages"
+                " (prefix, queue, channel, expires_at, payload)"
+                " VALUES (%s, 'q', 'q', now() + interval '1 hour', '\\x00')",
+                (prefix + "x",),
+            ),
+            10,
+        )
+        await writer.commit()
+        await asyncio.wait_for(first, 10)
+    finally:
+        await writer.close()
+        await asyncio.gather(first, return_exceptions=True)
+        await warm.close()
+        await fresh.close()
