@@ -1,0 +1,72 @@
+"""Expired messages and lapsed memberships are deleted in the background, with no receiver
+running: nothing under a prefix outlives its expiry for long, and nothing unexpired goes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from layers.postgres import PostgresChannelLayer
+from tests.postgres.harness import query
+from tests.postgres.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+EXPIRY = 0.3
+GROUP_EXPIRY = 1
+CLEANUP_INTERVAL = 0.2
+#: How long past the group expiry the rows may stay: a few cleanup rounds, and slack for a
+#: loaded machine (the deadline of a wait, not a sleep).
+MARGIN = 10.0
+
+
+def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
+    ((messages, groups),) = query(
+        dsn,
+        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
+        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
+        {"p": prefix},
+    )
+    return messages, groups
+
+
+async def test_expired_rows_are_deleted_without_a_receiver(
+    shared_postgres: str, prefix: str
+) -> None:
+    layer = PostgresChannelLayer(
+        dsn=shared_postgres,
+        prefix=prefix,
+        expiry=EXPIRY,
+        group_expiry=GROUP_EXPIRY,
+        cleanup_interval=CLEANUP_INTERVAL,
+    )
+    # Under another prefix, with the default expiries: the cleanup must leave these.
+    keep = PostgresChannelLayer(dsn=shared_postgres, prefix=prefix + "keep")
+    try:
+        local = await layer.new_channel()
+        for n in range(5):
+            await layer.send("plain", {"type": "m", "n": n})
+            await layer.send(local, {"type": "m", "n": n})
+        await layer.group_add("g", "plain")
+        await layer.group_add("g", local)
+        await layer.group_send("g", {"type": "m", "n": 99})
+        await keep.send("plain", {"type": "m"})
+        await keep.group_add("g", "plain")
+        written = await asyncio.to_thread(rows_under, shared_postgres, prefix)
+        assert written == (12, 2), written
+
+        async def gone() -> bool:
+            return await asyncio.to_thread(rows_under, shared_postgres, prefix) == (0, 0)
+
+        await wait_until(
+            gone,
+            f"the expired rows of prefix {prefix} are deleted from both tables",
+            timeout=GROUP_EXPIRY + MARGIN,
+            poll=0.1,
+        )
+        assert await asyncio.to_thread(rows_under, shared_postgres, prefix + "keep") == (1, 1)
+    finally:
+        await keep.flush()
+        await layer.close()
+        await keep.close()
