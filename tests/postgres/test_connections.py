@@ -1,0 +1,162 @@
+"""Connections belong to an event loop and go away with it; one instance in one loop holds
+at most ``pool_size`` pooled connections plus its one LISTEN connection.
+
+Each test's connections carry its prefix as ``application_name``, so the counts below are
+this test's own backends on the shared server, whatever else runs there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from asgiref.sync import async_to_sync
+
+from layers.postgres import PostgresChannelLayer
+from tests.postgres.harness import backends, query
+from tests.postgres.waiting import wait_until, wait_until_sync
+
+pytestmark = pytest.mark.timeout(120)
+
+POOL_SIZE = 3
+#: Backends exit a moment after their client closes them: the deadline for the count to
+#: come back (a bound on a wait, not a sleep).
+SETTLE = 10.0
+
+
+class BackendCounter:
+    """Samples pg_stat_activity in a thread: the most backends of one application_name at
+    once, and every pid seen."""
+
+    def __init__(self, dsn: str, application_name: str) -> None:
+        self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+        self._name = application_name
+        self.peak = 0
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rows = self._conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self._name,)
+            ).fetchall()
+            self.peak = max(self.peak, len(rows))
+            self.pids.update(row[0] for row in rows)
+            self._stop.wait(0.003)
+
+    def __enter__(self) -> BackendCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+def count_back_to(dsn: str, name: str, expected: int) -> Callable[[], bool]:
+    return lambda: len(backends(dsn, name)) == expected
+
+
+def test_async_to_sync_calls_leave_no_connections(
+    dsn_for: Callable[[str], str], shared_postgres: str, prefix: str
+) -> None:
+    dsn = dsn_for(prefix)
+    layer = PostgresChannelLayer(dsn=dsn, prefix=prefix, pool_size=POOL_SIZE, capacity=10_000)
+    members = ["m1", "m2", "m3"]
+    for member in members:
+        async_to_sync(layer.group_add)("room", member)
+    wait_until_sync(
+        count_back_to(shared_postgres, prefix, 0), "the group_adds' connections are gone", SETTLE
+    )
+    with BackendCounter(shared_postgres, prefix) as sequential:
+        for n in range(200):
+            async_to_sync(layer.group_send)("room", {"type": "m", "n": n})
+    wait_until_sync(
+        count_back_to(shared_postgres, prefix, 0),
+        "the 200 sequential calls' connections are gone",
+        SETTLE,
+    )
+
+    def calls(thread: int) -> None:
+        for n in range(25):
+            async_to_sync(layer.group_send)("room", {"type": "m", "n": 1000 * thread + n})
+
+    with BackendCounter(shared_postgres, prefix) as threaded:
+        threads = [threading.Thread(target=calls, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "a thread's calls hung"
+    wait_until_sync(
+        count_back_to(shared_postgres, prefix, 0),
+        "the 8 threads' connections are gone",
+        SETTLE,
+    )
+    # Every call arrived once per member.
+    counted = query(
+        shared_postgres,
+        "SELECT channel, count(*) FROM channel_layers_v1_messages WHERE prefix = %s"
+        " GROUP BY channel",
+        (prefix,),
+    )
+    assert dict(counted) == dict.fromkeys(members, 400)
+    # One loop at a time holds at most pool_size + 1; backends of a closed loop may linger
+    # a moment on the server, hence the slack. A leak would reach the hundreds.
+    assert sequential.peak <= 2 * (POOL_SIZE + 1), f"{sequential.peak} backends at once"
+    assert threaded.peak <= 8 * (POOL_SIZE + 1) + POOL_SIZE + 1, f"{threaded.peak} at once"
+    async_to_sync(layer.flush)()
+    wait_until_sync(count_back_to(shared_postgres, prefix, 0), "flush's connections are gone")
+
+
+async def test_200_concurrent_sends_hold_at_most_pool_size_plus_one(
+    dsn_for: Callable[[str], str], shared_postgres: str, prefix: str
+) -> None:
+    dsn = dsn_for(prefix)
+    layer = PostgresChannelLayer(dsn=dsn, prefix=prefix, pool_size=POOL_SIZE, capacity=1000)
+    other = PostgresChannelLayer(dsn=shared_postgres, prefix=prefix, capacity=1000)
+    try:
+        local = await layer.new_channel()
+        members = [f"member{n}" for n in range(5)] + [local]
+        for member in members:
+            await other.group_add("room", member)
+        received: list[int] = []
+
+        async def consume() -> None:
+            while True:
+                received.append((await layer.receive(local))["n"])
+
+        with BackendCounter(shared_postgres, prefix) as counter:
+            consumer = asyncio.create_task(consume())
+            calls = [
+                layer.group_send("room", {"type": "g", "n": n})
+                if n % 2
+                else layer.send("direct", {"type": "d", "n": n})
+                for n in range(200)
+            ]
+            await asyncio.wait_for(asyncio.gather(*calls), 60)
+            try:
+                await wait_until(lambda: len(received) >= 100, "the local member got 100", 10)
+            finally:
+                consumer.cancel()
+        assert sorted(received) == list(range(1, 200, 2))
+        assert counter.peak <= POOL_SIZE + 1, f"{counter.peak} backends at once"
+        assert len(counter.pids) <= POOL_SIZE + 1, f"{len(counter.pids)} backends in all"
+        counted = await asyncio.to_thread(
+            query,
+            shared_postgres,
+            "SELECT channel, count(*) FROM channel_layers_v1_messages WHERE prefix = %s"
+            " GROUP BY channel",
+            (prefix,),
+        )
+        assert dict(counted) == {"direct": 100, **{m: 100 for m in members[:-1]}}
+    finally:
+        await other.flush()
+        await layer.close()
+        await other.close()
