@@ -26,7 +26,6 @@ import pytest
 from tests.conftest import in_ci
 
 pytest.importorskip("psycopg", reason="the [postgres] extra is not installed")
-pytest.importorskip("psycopg_pool", reason="the [postgres] extra is not installed")
 
 from tests.postgres.harness import (
     INITDB,
