@@ -43,6 +43,9 @@ _NEVER_RAN = (
     psycopg.errors.AdminShutdown,
     psycopg.errors.CrashShutdown,
     psycopg.errors.CannotConnectNow,
+    # Rolled back by the server, so not run; PostgreSQL asks the client to try again.
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
 )
 
 
@@ -237,10 +240,17 @@ class PostgresChannelLayer(NetworkLayer):
         self._buffer.clear()
 
     async def _create_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with conn.transaction():
-            # Processes starting together would race on CREATE ... IF NOT EXISTS.
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,), prepare=False)
-            await conn.execute(sql.schema(self.durable).encode(), prepare=False)
+        exists = sql.load("schema_exists")
+        row = await (await conn.execute(exists, prepare=False)).fetchone()
+        if not (row and row[0]):
+            async with conn.transaction():
+                # Processes starting together would race on CREATE ... IF NOT EXISTS.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,), prepare=False
+                )
+                row = await (await conn.execute(exists, prepare=False)).fetchone()
+                if not (row and row[0]):
+                    await conn.execute(sql.schema(self.durable).encode(), prepare=False)
         self._schema_ready = True
 
     async def ensure_schema(self) -> None:
