@@ -21,7 +21,7 @@ from layers.base import Message, int_option, seconds_option
 from layers.errors import BackendUnavailable, ConfigurationError
 from layers.postgres import sql
 from layers.postgres.connections import ConnectFailed, Connections
-from layers.postgres.listener import Listener
+from layers.postgres.listener import Listener, stop_if_cancelled
 from layers.postgres.receiver import PostgresSource, to_fetched
 from layers.runtime import Fetched, NetworkLayer
 from layers.runtime.boundary import Boundary
@@ -327,6 +327,7 @@ class _Transport:
             except BackendUnavailable as exc:
                 if not (retry or isinstance(exc.__cause__, _NEVER_RAN)):
                     raise
+                stop_if_cancelled()
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+import psycopg.pq
 
 from layers.errors import BackendUnavailable
 from layers.runtime.boundary import Boundary
@@ -114,13 +115,13 @@ class Listener:
                         # Anything sent while we were not listening was never announced.
                         self._wake_all()
                         failing_since, backoff = None, _FIRST_BACKOFF
-                        async for notify in conn.notifies():
-                            self._wake(notify.payload)
+                        await self._listen(conn)
                     finally:
                         self._conn = None
                         with contextlib.suppress(Exception):
                             await conn.close()
             except BackendUnavailable as exc:
+                stop_if_cancelled()
                 now = time.monotonic()
                 failing_since = failing_since or now
                 logger.debug("listener: %s", exc)
@@ -138,6 +139,31 @@ class Listener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
 
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Read notifications until the connection fails.
+
+        Straight from libpq rather than through ``conn.notifies()``: this loop is
+        cancelled by every event loop that ``async_to_sync`` closes, and older psycopg
+        releases could hang in a cancelled ``notifies()``. Here a cancel only removes a
+        reader callback.
+        """
+        pgconn = conn.pgconn
+        fd = pgconn.socket
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                pgconn.consume_input()
+                while (notify := pgconn.notifies()) is not None:
+                    self._wake(notify.extra.decode())
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    raise psycopg.OperationalError("the LISTEN connection was closed")
+        finally:
+            loop.remove_reader(fd)
+
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
@@ -152,3 +178,15 @@ class Listener:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.pgconn.finish()
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled but goes on running.
+
+    psycopg's connect can turn a cancellation that arrives mid-connect into a connection
+    error (Python 3.11's ``wait_for`` drops it as its inner future finishes); a loop that
+    then retried would never end, and neither would ``asyncio.run``'s shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
