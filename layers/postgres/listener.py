@@ -77,7 +77,9 @@ class Listener:
         for queue in queues:
             self._waiters.setdefault(queue, set()).add(waiter)
         try:
-            await asyncio.wait([waiter, interrupt], timeout=timeout)
+            await asyncio.wait(
+                [waiter, interrupt], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for queue in queues:
                 waiting = self._waiters.get(queue)
