@@ -303,6 +303,7 @@ class _Transport:
         *,
         rows: bool = False,
         retry: bool = False,
+        prepare: bool = True,
     ) -> Any:
         """Run one statement of ``name``.sql on a pooled connection.
 
@@ -320,7 +321,7 @@ class _Transport:
                     async with self.connections().connection() as conn:
                         if not layer._schema_ready:
                             await layer._create_schema(conn)
-                        cursor = await conn.execute(statement, params, prepare=True)
+                        cursor = await conn.execute(statement, params, prepare=prepare)
                         if cursor.description is None:
                             return None
                         return await (cursor.fetchall() if rows else cursor.fetchone())
@@ -414,6 +415,7 @@ class _Transport:
                     )
                     if not row or max(row) < _CLEANUP_BATCH:
                         break
+                await self.run("vacuum", {}, prepare=False)
             except Exception as exc:
                 logger.debug("cleanup on %s: %s", layer.address, exc)
 
