@@ -20,6 +20,10 @@ CREATE UNLOGGED TABLE IF NOT EXISTS channel_layers_v1_messages (
 );
 CREATE INDEX IF NOT EXISTS channel_layers_v1_messages_queue
     ON channel_layers_v1_messages (prefix, queue, id);
+-- The capacity check counts one channel's messages; the process-local channels of one
+-- instance share a queue, so the queue index alone would scan all of them per member.
+CREATE INDEX IF NOT EXISTS channel_layers_v1_messages_channel
+    ON channel_layers_v1_messages (prefix, channel);
 CREATE INDEX IF NOT EXISTS channel_layers_v1_messages_expiry
     ON channel_layers_v1_messages (expires_at);
 

@@ -8,6 +8,7 @@
 -- instances already sending.
 SELECT to_regclass('channel_layers_v1_messages') IS NOT NULL
    AND to_regclass('channel_layers_v1_messages_queue') IS NOT NULL
+   AND to_regclass('channel_layers_v1_messages_channel') IS NOT NULL
    AND to_regclass('channel_layers_v1_messages_expiry') IS NOT NULL
    AND to_regclass('channel_layers_v1_groups') IS NOT NULL
    AND to_regclass('channel_layers_v1_groups_expiry') IS NOT NULL
