@@ -18,7 +18,7 @@ from asgiref.sync import async_to_sync
 
 from layers.postgres import PostgresChannelLayer
 from tests.postgres.harness import backends, query
-from tests.postgres.waiting import wait_until, wait_until_sync
+from tests.waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.timeout(120)
 

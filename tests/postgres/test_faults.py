@@ -13,7 +13,7 @@ import pytest
 from layers.errors import BackendUnavailable
 from layers.postgres import PostgresChannelLayer
 from tests.postgres.harness import PostgresProcess, backends, terminate_backends
-from tests.postgres.waiting import wait_until
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.xdist_group("postgres-faults"), pytest.mark.timeout(90)]
 

@@ -15,7 +15,7 @@ import pytest
 
 from layers.postgres import PostgresChannelLayer
 from tests.postgres.harness import PostgresProcess, query
-from tests.postgres.waiting import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

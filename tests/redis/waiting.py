@@ -1,4 +1,4 @@
-"""Waiting for a condition instead of sleeping: ``wait_until`` and what the server shows.
+"""What a Redis server shows, to wait for (``wait_until`` itself is in tests/waiting.py).
 
 Tests wait for what they rely on (a receive parked in a blocking pop, a message arrived)
 with a deadline, polling often, so they take as long as the condition and fail with a
@@ -7,32 +7,11 @@ message, not a hang, when it never comes.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 import redis.asyncio as redis
 
-POLL = 0.01
-WAIT_TIMEOUT = 5.0
+from tests.waiting import WAIT_TIMEOUT, wait_until
 
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    what: str,
-    timeout: float = WAIT_TIMEOUT,  # noqa: ASYNC109
-) -> None:
-    """Return once ``predicate()`` (sync or async) is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
-        await asyncio.sleep(POLL)
+__all__ = ["blocked_clients", "client_list", "wait_blocked", "wait_until"]
 
 
 async def client_list(port: int) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-POLL = 0.02
+POLL = 0.01
 WAIT_TIMEOUT = 5.0
 
 
