@@ -116,14 +116,12 @@ class RedisChannelLayer(NetworkLayer):
         return shard_index(group, len(self.shards)), f"{self.prefix}:g:{group}"
 
     def _plan(self, channels: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
-        """The lists to pop from for ``channels``, by shard (another instance's local list
-        is never popped: its messages are not ours to take)."""
+        """The lists to pop from for ``channels``, by shard. Receives on another
+        instance's local channels never get here (they raise ForeignChannel first)."""
         plan = self._plans.get(channels)
         if plan is None:
             by_shard: dict[int, list[str]] = {}
             for channel in channels:
-                if "!" in channel and not self.is_local_channel(channel):
-                    continue
                 shard, key = self._route(channel)
                 keys = by_shard.setdefault(shard, [])
                 if key not in keys:

@@ -69,6 +69,17 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description is not None else []
 
 
+def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
+    """Messages and memberships stored under ``prefix``."""
+    ((messages, groups),) = query(
+        dsn,
+        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
+        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
+        {"p": prefix},
+    )
+    return messages, groups
+
+
 def backends(dsn: str, application_name: str) -> list[int]:
     """Pids of the server's backends whose connections carry ``application_name``."""
     rows = query(

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from layers.postgres import PostgresChannelLayer
-from tests.postgres.harness import query
+from tests.postgres.harness import rows_under
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,16 +19,6 @@ CLEANUP_INTERVAL = 0.2
 #: How long past the group expiry the rows may stay: a few cleanup rounds, and slack for a
 #: loaded machine (the deadline of a wait, not a sleep).
 MARGIN = 10.0
-
-
-def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
-    ((messages, groups),) = query(
-        dsn,
-        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
-        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
-        {"p": prefix},
-    )
-    return messages, groups
 
 
 async def test_expired_rows_are_deleted_without_a_receiver(

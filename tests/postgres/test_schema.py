@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from layers.postgres import PostgresChannelLayer
-from tests.postgres.harness import PostgresProcess, query
+from tests.postgres.harness import PostgresProcess, query, rows_under
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,16 +126,6 @@ async def test_first_use_by_many_at_once(own_postgres: PostgresProcess, prefix: 
     finally:
         for layer in layers:
             await layer.close()
-
-
-def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
-    ((messages, groups),) = query(
-        dsn,
-        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
-        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
-        {"p": prefix},
-    )
-    return messages, groups
 
 
 async def test_flush_removes_only_its_prefix(shared_postgres: str, prefix: str) -> None:
