@@ -10,12 +10,19 @@
 -- them, often mid-statement. A cancelled read loses nothing (the rows stay and are read
 -- again); a cancelled delete is repeated (the ids stay in `done`). Rows in `done` are
 -- left out of the read because every part of one statement sees the same snapshot.
+-- One index scan per queue, already in id order (see claim.sql).
 WITH deleted AS (
     DELETE FROM channel_layers_v1_messages WHERE id = ANY(%(done)s)
 )
-SELECT id, queue, channel, extract(epoch FROM expires_at - now())::float8, payload
-FROM channel_layers_v1_messages
-WHERE prefix = %(prefix)s AND queue = ANY(%(queues)s) AND expires_at > now()
-  AND id <> ALL(%(done)s)
-ORDER BY id
+SELECT head.*
+FROM unnest(%(queues)s::text[]) AS q(queue)
+CROSS JOIN LATERAL (
+    SELECT id, queue, channel, extract(epoch FROM expires_at - now())::float8, payload
+    FROM channel_layers_v1_messages AS m
+    WHERE m.prefix = %(prefix)s AND m.queue = q.queue AND m.expires_at > now()
+      AND m.id <> ALL(%(done)s)
+    ORDER BY m.id
+    LIMIT %(limit)s
+) AS head
+ORDER BY head.id
 LIMIT %(limit)s
