@@ -23,6 +23,7 @@ from layers.postgres import sql
 from layers.postgres.connections import ConnectFailed, Connections
 from layers.postgres.listener import Listener, stop_if_cancelled
 from layers.postgres.receiver import PostgresSource, to_fetched
+from layers.postgres.sends import Outgoing, Sends
 from layers.runtime import Fetched, NetworkLayer
 from layers.runtime.boundary import Boundary
 
@@ -69,6 +70,11 @@ class PostgresChannelLayer(NetworkLayer):
     - ``local_batch`` (500): messages of this instance's process-local channels read at a
       time (each read is a statement: bench group, 200 members, 8,700 deliveries/s at 100,
       11,900 at 500).
+    - ``prefetch`` (0): extra messages of an ordinary channel a waiting receive may claim
+      along with its own, kept in this instance's buffer for the next receives. One claim
+      then serves several receives (bench throughput: see docs/benchmarks.md), at the
+      cost of fairness: up to ``prefetch`` messages wait in this process while receivers
+      elsewhere may be idle, and they are lost if the process dies before receiving them.
     - ``cleanup_interval`` (30.0): seconds between deletes of expired messages and lapsed
       memberships (by one instance at a time).
     """
@@ -83,6 +89,7 @@ class PostgresChannelLayer(NetworkLayer):
         connect_timeout: float = 5.0,
         retry_timeout: float = 5.0,
         local_batch: int = 500,
+        prefetch: int = 0,
         cleanup_interval: float = 30.0,
         **config: Any,
     ) -> None:
@@ -101,6 +108,7 @@ class PostgresChannelLayer(NetworkLayer):
         self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
         self.retry_timeout = seconds_option("retry_timeout", retry_timeout)
         self.local_batch = int_option("local_batch", local_batch)
+        self.prefetch = int_option("prefetch", prefetch, low=0, high=99)
         self.cleanup_interval = seconds_option("cleanup_interval", cleanup_interval)
         self.linger = 2 * self.poll_interval
         self.address = _address(params)
@@ -168,20 +176,8 @@ class PostgresChannelLayer(NetworkLayer):
         data = self.encode(message, channel)
         queue = self._queue(channel)
         capacity = self.get_capacity(channel)
-        row = await self._transport().run(
-            "send",
-            {
-                "prefix": self.prefix,
-                "queue": queue,
-                "channel": channel,
-                "expiry": float(self.expiry),
-                "payload": data,
-                "capacity": capacity,
-                "listen": self._notify_target(queue),
-                "key": queue,
-            },
-        )
-        if not row or not row[0]:
+        outgoing = Outgoing(queue, channel, capacity, data, self._notify_target(queue))
+        if not await self._transport().sends.send(outgoing):
             raise ChannelFull(f"channel {channel!r} is at capacity ({capacity})")
 
     # -- groups ----------------------------------------------------------------------------
@@ -247,7 +243,7 @@ class PostgresChannelLayer(NetworkLayer):
             async with conn.transaction():
                 # Processes starting together would race on CREATE ... IF NOT EXISTS.
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,), prepare=False
+                    "SELECT pg_advisory_xact_lock($1)", (_SCHEMA_LOCK,), prepare=False
                 )
                 row = await (await conn.execute(exists, prepare=False)).fetchone()
                 if not (row and row[0]):
@@ -287,6 +283,7 @@ class _Transport:
             layer.retry_timeout,
         )
         self._janitor: asyncio.Task[None] | None = None
+        self.sends = Sends(self._send_one, self._send_many)
 
     def connections(self) -> Connections:
         connections = self._pool
@@ -313,7 +310,8 @@ class _Transport:
         never ran (no connection, or the server ended the connection before running them).
         """
         layer = self.layer
-        statement = sql.load(name)
+        statement = sql.statement(name)
+        args = statement.args(params)
         delay = _FIRST_BACKOFF
         deadline = time.monotonic() + layer.retry_timeout
         while True:
@@ -322,7 +320,7 @@ class _Transport:
                     async with self.connections().connection() as conn:
                         if not layer._schema_ready:
                             await layer._create_schema(conn)
-                        cursor = await conn.execute(statement, params, prepare=prepare)
+                        cursor = await conn.execute(statement.text, args, prepare=prepare)
                         if cursor.description is None:
                             return None
                         return await (cursor.fetchall() if rows else cursor.fetchone())
@@ -340,6 +338,40 @@ class _Transport:
                     layer._schema_ready = False
                     continue
                 raise
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send_one(self, item: Outgoing) -> bool:
+        row = await self.run(
+            "send",
+            {
+                "prefix": self.layer.prefix,
+                "queue": item.queue,
+                "channel": item.channel,
+                "expiry": float(self.layer.expiry),
+                "payload": item.payload,
+                "capacity": item.capacity,
+                "listen": item.listen,
+                "key": item.queue,
+            },
+        )
+        return bool(row and row[0])
+
+    async def _send_many(self, items: list[Outgoing]) -> list[bool]:
+        rows = await self.run(
+            "send_batch",
+            {
+                "prefix": self.layer.prefix,
+                "expiry": float(self.layer.expiry),
+                "queues": [item.queue for item in items],
+                "channels": [item.channel for item in items],
+                "capacities": [item.capacity for item in items],
+                "payloads": [item.payload for item in items],
+                "listens": [item.listen for item in items],
+            },
+            rows=True,
+        )
+        return [bool(row[0]) for row in rows]
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -427,6 +459,7 @@ class _Transport:
             with contextlib.suppress(BaseException):
                 await janitor
             self.layer._release_janitor(self.loop)
+        await self.sends.close()
         await self.listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
