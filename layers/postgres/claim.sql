@@ -12,12 +12,12 @@
 -- sort every row of the queues to find the first (the plan PostgreSQL before 17 makes).
 -- With several queues each may lock up to `limit` rows it does not take; they are free
 -- again when the statement ends.
-DELETE FROM channel_layers_v1_messages
+DELETE FROM channel_layers_v2_messages
 WHERE id IN (
     SELECT head.id
     FROM unnest(%(queues)s::text[]) AS q(queue)
     CROSS JOIN LATERAL (
-        SELECT id FROM channel_layers_v1_messages AS m
+        SELECT id FROM channel_layers_v2_messages AS m
         WHERE m.prefix = %(prefix)s AND m.queue = q.queue AND m.expires_at > now()
         ORDER BY m.id
         FOR UPDATE SKIP LOCKED

@@ -9,18 +9,18 @@
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock(%(lock)s) AS held
 ), expired AS (
-    DELETE FROM channel_layers_v1_messages
+    DELETE FROM channel_layers_v2_messages
     WHERE id IN (
-        SELECT id FROM channel_layers_v1_messages
+        SELECT id FROM channel_layers_v2_messages
         WHERE expires_at <= now() AND (SELECT held FROM lock)
         LIMIT %(batch)s
         FOR UPDATE SKIP LOCKED
     )
     RETURNING 1
 ), lapsed AS (
-    DELETE FROM channel_layers_v1_groups
+    DELETE FROM channel_layers_v2_groups
     WHERE ctid IN (
-        SELECT ctid FROM channel_layers_v1_groups
+        SELECT ctid FROM channel_layers_v2_groups
         WHERE expires_at <= now() AND (SELECT held FROM lock)
         LIMIT %(batch)s
     )

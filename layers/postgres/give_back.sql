@@ -6,7 +6,7 @@
 --
 -- They keep their ids, so they are claimed ahead of everything sent since.
 WITH restored AS (
-    INSERT INTO channel_layers_v1_messages (id, prefix, queue, channel, expires_at, payload)
+    INSERT INTO channel_layers_v2_messages (id, prefix, queue, channel, expires_at, payload)
     OVERRIDING SYSTEM VALUE
     SELECT r.id, %(prefix)s, r.queue, r.channel, now() + r.left_s * interval '1 second',
            r.payload

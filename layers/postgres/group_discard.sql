@@ -2,5 +2,5 @@
 --
 -- takes    prefix, group, channel
 -- returns  nothing
-DELETE FROM channel_layers_v1_groups
+DELETE FROM channel_layers_v2_groups
 WHERE prefix = %(prefix)s AND group_name = %(group)s AND channel = %(channel)s

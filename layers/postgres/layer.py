@@ -185,12 +185,15 @@ class PostgresChannelLayer(NetworkLayer):
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
+        queue = self._queue(channel)
         await self._transport().run(
             "group_add",
             {
                 "prefix": self.prefix,
                 "group": group,
                 "channel": channel,
+                "queue": queue,
+                "listen": self._notify_target(queue),
                 "group_expiry": float(self.group_expiry),
             },
             retry=True,
@@ -207,26 +210,37 @@ class PostgresChannelLayer(NetworkLayer):
         self.require_valid_group_name(group)
         data = self.encode(message, group)
         transport = self._transport()
+        if not self.channel_capacity:
+            await transport.run(
+                "group_send",
+                {
+                    "prefix": self.prefix,
+                    "group": group,
+                    "expiry": float(self.expiry),
+                    "payload": data,
+                    "capacity": self.capacity,
+                },
+            )
+            return
+        # Capacities by channel pattern: the members are read here to learn each one's.
         rows = await transport.run(
             "group_members", {"prefix": self.prefix, "group": group}, rows=True, retry=True
         )
         if not rows:
             return
-        channels = [row[0] for row in rows]
-        queues = [self._queue(channel) for channel in channels]
-        destinations = list(dict.fromkeys(queues))
+        wake = {queue: listen for _, queue, listen in rows}
         await transport.run(
-            "group_send",
+            "group_send_each",
             {
                 "prefix": self.prefix,
                 "expiry": float(self.expiry),
                 "payload": data,
-                "queues": queues,
-                "channels": channels,
-                "capacities": [self.get_capacity(channel) for channel in channels],
-                "listens": [self._notify_target(queue) for queue in destinations],
-                "keys": destinations,
-                "wake_queues": destinations,
+                "queues": [queue for _, queue, _ in rows],
+                "channels": [channel for channel, _, _ in rows],
+                "capacities": [self.get_capacity(channel) for channel, _, _ in rows],
+                "listens": list(wake.values()),
+                "keys": list(wake),
+                "wake_queues": list(wake),
             },
         )
 

@@ -8,12 +8,12 @@
 -- The NOTIFY is a hint carrying only the queue's name; it is sent in the same transaction
 -- as the insert, so a reader woken by it finds the row.
 WITH inserted AS (
-    INSERT INTO channel_layers_v1_messages (prefix, queue, channel, expires_at, payload)
+    INSERT INTO channel_layers_v2_messages (prefix, queue, channel, expires_at, payload)
     SELECT %(prefix)s, %(queue)s, %(channel)s,
            now() + %(expiry)s * interval '1 second', %(payload)s
     WHERE (
         SELECT count(*) FROM (
-            SELECT 1 FROM channel_layers_v1_messages
+            SELECT 1 FROM channel_layers_v2_messages
             WHERE prefix = %(prefix)s AND queue = %(queue)s AND channel = %(channel)s
               AND expires_at > now()
             LIMIT %(capacity)s

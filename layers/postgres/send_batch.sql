@@ -20,7 +20,7 @@ WITH batch AS (
     SELECT batch.*,
            (
                SELECT count(*) FROM (
-                   SELECT 1 FROM channel_layers_v1_messages AS held
+                   SELECT 1 FROM channel_layers_v2_messages AS held
                    WHERE held.prefix = %(prefix)s AND held.queue = batch.queue
                      AND held.channel = batch.channel AND held.expires_at > now()
                    LIMIT batch.capacity
@@ -28,7 +28,7 @@ WITH batch AS (
            ) + batch.nth <= batch.capacity AS fits
     FROM batch
 ), inserted AS (
-    INSERT INTO channel_layers_v1_messages (prefix, queue, channel, expires_at, payload)
+    INSERT INTO channel_layers_v2_messages (prefix, queue, channel, expires_at, payload)
     SELECT %(prefix)s, room.queue, room.channel,
            now() + %(expiry)s * interval '1 second', room.payload
     FROM room WHERE room.fits

@@ -73,8 +73,8 @@ def rows_under(dsn: str, prefix: str) -> tuple[int, int]:
     """Messages and memberships stored under ``prefix``."""
     ((messages, groups),) = query(
         dsn,
-        "SELECT (SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %(p)s),"
-        " (SELECT count(*) FROM channel_layers_v1_groups WHERE prefix = %(p)s)",
+        "SELECT (SELECT count(*) FROM channel_layers_v2_messages WHERE prefix = %(p)s),"
+        " (SELECT count(*) FROM channel_layers_v2_groups WHERE prefix = %(p)s)",
         {"p": prefix},
     )
     return messages, groups

@@ -52,10 +52,10 @@ class TestDurable(ConformanceSuite):
             durable_dsn,
             "SELECT relname, relpersistence FROM pg_class"
             " WHERE relnamespace = %s::regnamespace AND relkind = 'r'"
-            " AND relname LIKE 'channel_layers_v1_%%'",
+            " AND relname LIKE 'channel_layers_v2_%%'",
             (DURABLE_SCHEMA,),
         )
         assert sorted(rows) == [
-            ("channel_layers_v1_groups", "p"),
-            ("channel_layers_v1_messages", "p"),
+            ("channel_layers_v2_groups", "p"),
+            ("channel_layers_v2_messages", "p"),
         ]

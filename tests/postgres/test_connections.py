@@ -102,7 +102,7 @@ def test_async_to_sync_calls_leave_no_connections(
     # Every call arrived once per member.
     counted = query(
         shared_postgres,
-        "SELECT channel, count(*) FROM channel_layers_v1_messages WHERE prefix = %s"
+        "SELECT channel, count(*) FROM channel_layers_v2_messages WHERE prefix = %s"
         " GROUP BY channel",
         (prefix,),
     )
@@ -151,7 +151,7 @@ async def test_200_concurrent_sends_hold_at_most_pool_size_plus_one(
         counted = await asyncio.to_thread(
             query,
             shared_postgres,
-            "SELECT channel, count(*) FROM channel_layers_v1_messages WHERE prefix = %s"
+            "SELECT channel, count(*) FROM channel_layers_v2_messages WHERE prefix = %s"
             " GROUP BY channel",
             (prefix,),
         )

@@ -19,7 +19,7 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-TABLES = ("channel_layers_v1_messages", "channel_layers_v1_groups")
+TABLES = ("channel_layers_v2_messages", "channel_layers_v2_groups")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -119,7 +119,7 @@ async def test_first_use_by_many_at_once(own_postgres: PostgresProcess, prefix: 
         counted = await asyncio.to_thread(
             query,
             dsn,
-            "SELECT count(*) FROM channel_layers_v1_messages WHERE prefix = %s",
+            "SELECT count(*) FROM channel_layers_v2_messages WHERE prefix = %s",
             (prefix,),
         )
         assert counted == [(6,)]
@@ -166,8 +166,9 @@ async def _open_writer(server: PostgresProcess, prefix: str) -> psycopg.AsyncCon
     groups table, as any group_add under way holds)."""
     conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=False)
     await conn.execute(
-        "INSERT INTO channel_layers_v1_groups (prefix, group_name, channel, expires_at)"
-        " VALUES (%s, 'g', 'c', now() + interval '1 hour')",
+        "INSERT INTO channel_layers_v2_groups"
+        " (prefix, group_name, channel, queue, listen, expires_at)"
+        " VALUES (%s, 'g', 'c', 'c', 'nobody', now() + interval '1 hour')",
         (prefix + "x",),
     )
     return conn
@@ -235,7 +236,7 @@ async def test_first_use_beside_open_transactions_is_no_deadlock(
         # then messages): with the first use holding the messages table, that is a cycle.
         await asyncio.wait_for(
             writer.execute(
-                "INSERT INTO channel_layers_v1_messages"
+                "INSERT INTO channel_layers_v2_messages"
                 " (prefix, queue, channel, expires_at, payload)"
                 " VALUES (%s, 'q', 'q', now() + interval '1 hour', '\\x00')",
                 (prefix + "x",),
