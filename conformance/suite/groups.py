@@ -164,6 +164,23 @@ class GroupChecks:
         await assert_quiet(other, full, "the member was full when group_send ran")
 
     @pytest.mark.asyncio
+    async def test_group_send_honours_channel_capacity_per_member(
+        self, make_pair: Any, names: Names
+    ) -> None:
+        tight, loose = names.channel("tight.one"), names.channel("loose")
+        first, other = make_pair(capacity=5, channel_capacity={names.channel("tight.*"): 1})
+        group = names.group("capacities")
+        await join(first, group, tight, loose)
+        await call(first.group_send(group, message(0)), "group_send #1")
+        await call(
+            first.group_send(group, message(1)), "group_send #2, the capacity-1 member full"
+        )
+        await receive_once(other, loose, message(0), "member with capacity 5, 1st")
+        await receive_once(other, loose, message(1), "member with capacity 5, 2nd")
+        await receive_once(other, tight, message(0), "member with capacity 1")
+        await assert_quiet(other, tight, "a channel_capacity pattern gave it capacity 1")
+
+    @pytest.mark.asyncio
     async def test_group_send_reaches_many_local_members(self, layer: Any, names: Names) -> None:
         group = names.group("crowd")
         members = [
