@@ -127,11 +127,10 @@ class PostgresChannelLayer(NetworkLayer):
             ),
             unavailable=(psycopg.OperationalError, psycopg.InterfaceError, OSError),
         )
-        base = "cl1_" + hashlib.md5(self.prefix.encode()).hexdigest()[:16]
-        # NOTIFY channels: the prefix's, for ordinary channels; one per instance for its
-        # process-local queue, so only its owner is woken.
-        self._notify_any = base
-        self._notify_mine = f"{base}_{self.client_prefix}"
+        # NOTIFY channels (at most 63 bytes): one per ordinary channel, and one per
+        # instance for its process-local queue, so that only its owner is woken.
+        self._notify_base = "cl1_" + _digest(self.prefix)
+        self._notify_names: dict[str, str] = {}
         self._schema_ready = False
         # Ids of local messages read and filed, still to delete (see claim_local.sql).
         self._local_done: list[int] = []
@@ -146,10 +145,20 @@ class PostgresChannelLayer(NetworkLayer):
         return channel if bang < 0 else channel[: bang + 1]
 
     def _notify_target(self, queue: str) -> str:
-        if queue.endswith("!"):
-            owner = queue[queue.rfind(".", 0, len(queue) - 1) + 1 : -1]
-            return f"{self._notify_any}_{owner}"
-        return self._notify_any
+        """The NOTIFY channel that wakes the readers of ``queue``."""
+        name = self._notify_names.get(queue)
+        if name is None:
+            if queue.endswith("!"):
+                owner = queue[queue.rfind(".", 0, len(queue) - 1) + 1 : -1]
+                if len(owner) > 24 or not owner.isalnum():
+                    owner = _digest(owner)  # not one of ours: any owner may be named
+                name = f"{self._notify_base}_{owner}"
+            else:
+                name = f"{self._notify_base}.{_digest(queue)}"
+            if len(self._notify_names) >= 10_000:
+                self._notify_names.clear()
+            self._notify_names[queue] = name
+        return name
 
     # -- the transport ---------------------------------------------------------------------
 
@@ -290,12 +299,7 @@ class _Transport:
         self.layer = layer
         self.loop = loop
         self._pool: Connections | None = None
-        self.listener = Listener(
-            layer._connect,
-            (layer._notify_any, layer._notify_mine),
-            layer.boundary,
-            layer.retry_timeout,
-        )
+        self.listener = Listener(layer._connect, layer.boundary, layer.retry_timeout)
         self._janitor: asyncio.Task[None] | None = None
         self.sends = Sends(self._send_one, self._send_many)
 
@@ -397,6 +401,7 @@ class _Transport:
             queues,
             drain=drain,
             listener=self.listener,
+            listens=tuple(dict.fromkeys(layer._notify_target(queue) for queue in queues)),
             claim=self._claim_local if drain else self._claim,
             give_back=self._give_back,
             poll_interval=layer.poll_interval,
@@ -485,6 +490,10 @@ class _Transport:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.abandon()
+
+
+def _digest(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def _address(params: dict[str, Any]) -> str:

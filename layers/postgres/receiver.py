@@ -1,7 +1,7 @@
 """PostgreSQL's part of receiving: claims, woken by the listener, polled as a safety net.
 
 The receive loop itself is the shared one (:mod:`layers.runtime.receiver`). A fetch here
-makes sure the instance LISTENs, claims (``claim.sql``), and when nothing was waiting
+makes sure the instance LISTENs on its queues' NOTIFY channels, claims (``claim.sql``), and when nothing was waiting
 waits for a NOTIFY naming one of its queues, ``poll_interval`` at most; the receive loop
 then fetches again. Nothing blocks on the server, so interrupting a fetch only ends its
 local wait.
@@ -36,6 +36,7 @@ class PostgresSource:
         *,
         drain: bool,
         listener: Listener,
+        listens: tuple[str, ...],
         claim: Claim,
         give_back: GiveBack,
         poll_interval: float,
@@ -44,6 +45,7 @@ class PostgresSource:
         self.queues = queues
         self.drain = drain
         self._listener = listener
+        self._listens = listens
         self._claim = claim
         self._give_back = give_back
         self._poll_interval = poll_interval
@@ -51,7 +53,7 @@ class PostgresSource:
 
     async def fetch(self, count: int) -> list[Fetched]:
         listener = self._listener
-        await listener.ready()
+        await listener.ready(self._listens)
         mark = listener.mark(self.queues)
         rows = await self._claim(self.queues, count)
         if rows:
