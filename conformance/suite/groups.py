@@ -172,9 +172,7 @@ class GroupChecks:
         group = names.group("capacities")
         await join(first, group, tight, loose)
         await call(first.group_send(group, message(0)), "group_send #1")
-        await call(
-            first.group_send(group, message(1)), "group_send #2, the capacity-1 member full"
-        )
+        await call(first.group_send(group, message(1)), "group_send #2, the capacity-1 member full")
         await receive_once(other, loose, message(0), "member with capacity 5, 1st")
         await receive_once(other, loose, message(1), "member with capacity 5, 2nd")
         await receive_once(other, tight, message(0), "member with capacity 1")
