@@ -1,0 +1,1 @@
+"""Tests for the RabbitMQ layer (layers.amqp) and the harness they run on."""
