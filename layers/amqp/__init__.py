@@ -1,0 +1,1 @@
+"""The RabbitMQ channel layer (issue #9, in progress): pika, on the shared receive runtime."""
