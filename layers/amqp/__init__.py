@@ -1,1 +1,5 @@
-"""The RabbitMQ channel layer (issue #9, in progress): pika, on the shared receive runtime."""
+"""The RabbitMQ channel layer: pika, on the shared receive runtime (layers/amqp/README.md)."""
+
+from layers.amqp.layer import AmqpChannelLayer
+
+__all__ = ["AmqpChannelLayer"]

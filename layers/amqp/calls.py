@@ -37,6 +37,17 @@ class Closed(Exception):
         self.reason = reason
 
 
+class Refused(Closed):
+    """The broker closed the channel over what it was asked (a queue declared with other
+    arguments, a missing queue, no permission): asking again will not help."""
+
+
+def _closed(reason: BaseException | str) -> Closed:
+    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return Refused(reason)
+    return Closed(reason)
+
+
 class Connection:
     """One pika connection on one event loop; :meth:`open` it, then make channels."""
 
@@ -149,7 +160,7 @@ class Channel:
         self.connection._channels.discard(self)
         for future in list(self._pending):
             if not future.done():
-                future.set_exception(Closed(reason))
+                future.set_exception(_closed(reason))
         self._pending.clear()
         for hook in self._on_closed:
             hook(reason)
@@ -157,7 +168,7 @@ class Channel:
     async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a pika RPC that takes ``callback=``; its reply frame."""
         if not self.is_open:
-            raise Closed(self.closed.result() if self.closed.done() else "channel not open")
+            raise _closed(self.closed.result() if self.closed.done() else "channel not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.add(future)
 
@@ -199,6 +210,29 @@ class Channel:
 
     async def exchange_delete(self, exchange: str) -> None:
         await self.call(self.raw.exchange_delete, exchange)
+
+    async def get(self, queue: str) -> bytes | None:
+        """Take one message off ``queue`` (acked as it is taken); None if it is empty."""
+        if not self.is_open:
+            raise _closed(self.closed.result() if self.closed.done() else "channel not open")
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._pending.add(future)
+
+        def got(_: Any, method: Any, properties: Any, body: bytes) -> None:
+            if not future.done():
+                future.set_result(body)
+
+        def empty(_: Any) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        # pika reports an empty queue only through a callback on Basic.GetEmpty.
+        self.raw.add_callback(empty, [pika.spec.Basic.GetEmpty], one_shot=True)
+        try:
+            self.raw.basic_get(queue, got, auto_ack=True)
+            return await future
+        finally:
+            self._pending.discard(future)
 
     async def basic_qos(self, prefetch_count: int) -> None:
         """Also a barrier: when it returns, the broker has handled every frame sent on
@@ -292,61 +326,59 @@ class Publisher:
         # Whether these were stored is unknown: the caller hears the channel closed.
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(Closed(reason))
+                future.set_exception(_closed(reason))
         self._waiting.clear()
         self._returned.clear()
 
 
 class Delivery(NamedTuple):
     tag: int
-    routing_key: str
+    consumer: str
     redelivered: bool
-    properties: pika.spec.BasicProperties
     body: bytes
 
 
-class Consumer:
-    """The deliveries of one ``basic_consume`` with manual acks, collected until taken."""
+class Deliveries:
+    """What the consumers of one channel (manual acks) were sent, in delivery order."""
 
-    def __init__(self, channel: Channel, queue: str) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.queue = queue
-        self.tag = ""
-        self.deliveries: list[Delivery] = []
+        self.items: list[Delivery] = []
+        #: Consumers the broker cancelled (their queue was deleted).
+        self.cancelled: set[str] = set()
         self._arrived = asyncio.Event()
-        self.cancelled = False
         channel.on_close(lambda _: self._arrived.set())
+        channel.raw.add_on_cancel_callback(self._on_broker_cancel)
 
-    async def start(self) -> None:
-        raw = self.channel.raw
-        raw.add_on_cancel_callback(self._on_broker_cancel)
+    async def consume(self, queue: str) -> str:
+        """Start consuming ``queue``; its consumer tag."""
         frame = await self.channel.call(
-            raw.basic_consume, self.queue, on_message_callback=self._on_message
+            self.channel.raw.basic_consume, queue, on_message_callback=self._on_message
         )
-        self.tag = str(frame.method.consumer_tag)
+        return str(frame.method.consumer_tag)
 
     def _on_message(self, _: Any, method: Any, properties: Any, body: bytes) -> None:
-        self.deliveries.append(
+        self.items.append(
             Delivery(
-                int(method.delivery_tag),
-                str(method.routing_key),
-                bool(method.redelivered),
-                properties,
-                body,
+                int(method.delivery_tag), str(method.consumer_tag), bool(method.redelivered), body
             )
         )
         self._arrived.set()
 
     def _on_broker_cancel(self, frame: Any) -> None:
-        # One callback per channel: it may be about another consumer on it.
-        if str(frame.method.consumer_tag) == self.tag:
-            self.cancelled = True
-            self._arrived.set()
+        self.cancelled.add(str(frame.method.consumer_tag))
+        self._arrived.set()
 
-    async def wait(self) -> None:
-        """Until a delivery arrives, the broker cancels us, or the channel closes."""
-        if not self.deliveries and not self.cancelled and self.channel.is_open:
-            await self._arrived.wait()
+    def nudge(self) -> None:
+        """End a wait early (something else changed)."""
+        self._arrived.set()
+
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Until a delivery or a cancel arrives, the channel closes, :meth:`nudge` or
+        ``timeout`` seconds."""
+        if not self.items and not self.cancelled and self.channel.is_open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
         self._arrived.clear()
 
 

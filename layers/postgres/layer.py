@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Hashable, Sequence
 from typing import Any, cast
@@ -26,6 +25,7 @@ from layers.postgres.receiver import PostgresSource, to_fetched
 from layers.postgres.sends import Outgoing, Sends
 from layers.runtime import Fetched, NetworkLayer
 from layers.runtime.boundary import Boundary
+from layers.runtime.loops import Duty
 
 logger = logging.getLogger("layers.postgres")
 
@@ -134,8 +134,8 @@ class PostgresChannelLayer(NetworkLayer):
         self._schema_ready = False
         # Ids of local messages read and filed, still to delete (see claim_local.sql).
         self._local_done: list[int] = []
-        self._janitor_lock = threading.Lock()
-        self._janitor: asyncio.AbstractEventLoop | None = None
+        # One event loop per instance runs the cleanup.
+        self.janitor = Duty()
 
     # -- names -----------------------------------------------------------------------------
 
@@ -279,19 +279,6 @@ class PostgresChannelLayer(NetworkLayer):
             async with self._transport().connections().connection() as conn:
                 await self._create_schema(conn)
 
-    def _claim_janitor(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """One event loop per instance runs the cleanup; the first to ask gets it."""
-        with self._janitor_lock:
-            if self._janitor is None or self._janitor.is_closed():
-                self._janitor = loop
-            return self._janitor is loop
-
-    def _release_janitor(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._janitor_lock:
-            if self._janitor is loop:
-                self._janitor = None
-
-
 class _Transport:
     """The pool and the listener of one layer instance in one event loop."""
 
@@ -308,7 +295,7 @@ class _Transport:
         if connections is None:
             layer = self.layer
             connections = self._pool = Connections(layer._connect, layer.pool_size)
-            if layer._claim_janitor(self.loop):
+            if layer.janitor.claim(self.loop):
                 self._janitor = self.loop.create_task(self._clean())
         return connections
 
@@ -477,7 +464,7 @@ class _Transport:
             janitor.cancel()
             with contextlib.suppress(BaseException):
                 await janitor
-            self.layer._release_janitor(self.loop)
+            self.layer.janitor.release(self.loop)
         await self.sends.close()
         await self.listener.close()
         pool, self._pool = self._pool, None
@@ -485,7 +472,7 @@ class _Transport:
             await pool.close()
 
     def abandon(self) -> None:
-        self.layer._release_janitor(self.loop)
+        self.layer.janitor.release(self.loop)
         self.listener.abandon()
         pool, self._pool = self._pool, None
         if pool is not None:

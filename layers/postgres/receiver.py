@@ -72,3 +72,6 @@ class PostgresSource:
 
     async def give_back(self, items: list[Fetched]) -> None:
         await self._give_back([item.origin for item in items])
+
+    def release(self) -> None:
+        pass  # nothing is held between fetches: the listener is the transport's

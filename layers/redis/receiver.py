@@ -96,6 +96,9 @@ class RedisSource:
             return True
         return await self.client.unblock(client_id)
 
+    def release(self) -> None:
+        pass  # a blocked pop ends with its fetch; nothing is held between fetches
+
     async def give_back(self, items: list[Fetched]) -> None:
         by_key: dict[bytes, list[bytes]] = {}
         for item in items:

@@ -165,3 +165,24 @@ class Turn:
         with self._lock:
             if not self._held:
                 self._wake_next()
+
+
+class Duty:
+    """Background work one event loop of an instance does at a time (a cleanup, a
+    janitor): the first loop to ask takes it, and another may once that loop is closed or
+    lets it go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def claim(self, loop: asyncio.AbstractEventLoop) -> bool:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = loop
+            return self._loop is loop
+
+    def release(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._loop is loop:
+                self._loop = None

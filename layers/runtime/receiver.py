@@ -73,6 +73,10 @@ class Source(Protocol):
     async def give_back(self, items: list[Fetched]) -> None:
         """Return messages fetched for nobody to the head of their queues, in order."""
 
+    def release(self) -> None:
+        """Its receive loop stopped: let go of what only a running loop needs (consumers
+        the server pushes to). Called synchronously, in the loop's last step."""
+
 
 Filer = Callable[[list[Fetched], bool], None]
 Failures = dict["asyncio.Task[Any]", BaseException]
@@ -203,6 +207,7 @@ class ReceiveLoop:
             self.hand_over(BackendUnavailable(address, "receive loop failed"))
         finally:
             self._task = None
+            self.source.release()
             self._on_exit(self)
 
     async def _place(self, items: list[Fetched]) -> None:

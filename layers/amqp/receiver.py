@@ -1,0 +1,276 @@
+"""RabbitMQ's part of receiving: consumers, taken from in batches that a barrier confirms.
+
+A fetch acks what it takes and then makes one synchronous call on the same channel
+(``basic.qos``): the broker handles a channel's frames in order, so when that call returns
+the acks are settled, and only then are the messages handed to the receive runtime. A
+connection lost before that returns nothing: the broker gives the unsettled messages to
+another consumer, and a message is never delivered twice. Deliveries beyond what a fetch
+takes are rejected back to their queue (``requeue``).
+
+- :class:`PlainSource`: ordinary channels, one consumer per queue, prefetch = the receivers
+  waiting (plus ``prefetch``), so competing processes share a channel.
+- :class:`LocalSource`: this instance's process-local channels: its inbox (group messages,
+  fanned out here to the local members, and membership changes) and the queue of each
+  local channel a receive waits on (direct sends), one channel, ``local_batch`` in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from layers.amqp import envelope
+from layers.amqp.calls import Channel, Deliveries, Delivery
+from layers.runtime import Fetched
+
+if TYPE_CHECKING:
+    from layers.amqp.transport import Transport
+
+logger = logging.getLogger("layers.amqp")
+
+#: Seconds a fetch waits for a delivery before it returns empty (the loop then checks
+#: whether anyone still waits, and fetches again).
+_WAIT = 1.0
+#: Seconds a local channel's consumer stays after its last receive asked for it.
+_IDLE_CONSUMER = 60.0
+
+
+class _Consuming:
+    """One AMQP channel of a receive loop, with its consumers (tag -> channel name)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.address = transport.layer.address
+        self.channel: Channel | None = None
+        self.deliveries: Deliveries | None = None
+        self.tags: dict[str, str] = {}
+        self._interrupted = False
+
+    def _usable(self) -> bool:
+        return (
+            self.channel is not None
+            and self.channel.is_open
+            and self.deliveries is not None
+            and not (self.deliveries.cancelled & self.tags.keys())
+        )
+
+    async def _start(self, prefetch: int) -> tuple[Channel, Deliveries]:
+        if self._usable():
+            assert self.channel is not None and self.deliveries is not None
+            return self.channel, self.deliveries
+        _Consuming.release(self)
+        channel = await (await self.transport.connection()).channel()
+        deliveries = Deliveries(channel)
+        await channel.basic_qos(prefetch)
+        self.channel, self.deliveries = channel, deliveries
+        return channel, deliveries
+
+    async def _settle(self, channel: Channel, take: list[Delivery], prefetch: int) -> None:
+        """Ack ``take`` and wait until the broker has handled the acks."""
+        for delivery in take:
+            channel.raw.basic_ack(delivery.tag)
+        await channel.basic_qos(prefetch)
+
+    async def _wait(self, deliveries: Deliveries) -> None:
+        if not deliveries.items and not self._interrupted:
+            await deliveries.wait(_WAIT)
+        self._interrupted = False
+
+    async def interrupt(self) -> bool:
+        self._interrupted = True
+        self.interrupt_wait()
+        return True
+
+    def interrupt_wait(self) -> None:
+        """End the current wait for deliveries (something else needs looking at)."""
+        if self.deliveries is not None:
+            self.deliveries.nudge()
+
+    def release(self) -> None:
+        """Close the channel: the broker takes back whatever it delivered us unacked."""
+        channel, self.channel, self.deliveries = self.channel, None, None
+        self.tags = {}
+        if channel is not None and channel.is_open:
+            try:
+                channel.raw.close()
+            except Exception as exc:
+                logger.debug("closing a consuming channel: %s", exc)
+
+
+class PlainSource(_Consuming):
+    """Kept by the transport across receive loops: between them it stops consuming (and
+    rejects back what it held) but keeps its channel."""
+
+    drain = False
+
+    def __init__(self, transport: Transport, channels: tuple[str, ...]) -> None:
+        super().__init__(transport)
+        self._channels = channels
+        self._prefetch = 1
+        self._pausing: asyncio.Future[None] | None = None
+
+    async def fetch(self, count: int) -> list[Fetched]:
+        transport = self.transport
+        layer = transport.layer
+        with transport.boundary:
+            pausing, self._pausing = self._pausing, None
+            if pausing is not None:
+                await pausing
+            channel, deliveries = await self._start(count)
+            if count != self._prefetch:
+                await channel.basic_qos(count)
+                self._prefetch = count
+            if not self.tags:
+                for name in self._channels:
+                    # Declared whatever this process remembers: a flush elsewhere may have
+                    # deleted it, and a consumer is started rarely.
+                    await transport.ensure_queue(name, force=True)
+                    self.tags[await deliveries.consume(layer.queue_of(name))] = name
+            await self._wait(deliveries)
+            items, deliveries.items = deliveries.items, []
+            # Deliveries to consumers cancelled since (see release) are not ours to take.
+            ours = [item for item in items if item.consumer in self.tags]
+            take = ours[:count]
+            for delivery in items[len(take) :] if items[: len(take)] == take else items:
+                if delivery not in take:
+                    channel.raw.basic_nack(delivery.tag, requeue=True)
+            if not take:
+                return []
+            await self._settle(channel, take, count)
+        return _fetched(take, self.tags)
+
+    def release(self) -> None:
+        """No receiver waits: stop consuming, and hand back what was delivered meanwhile.
+
+        Asynchronously (a cancel must be confirmed before what its consumer was sent is
+        handed back, or a message still on its way would come back behind later ones);
+        the next fetch waits for it."""
+        channel, deliveries = self.channel, self.deliveries
+        tags, self.tags = self.tags, {}
+        if channel is None or deliveries is None or not channel.is_open or not tags:
+            return
+        self._pausing = asyncio.ensure_future(self._pause(channel, deliveries, set(tags)))
+
+    async def _pause(self, channel: Channel, deliveries: Deliveries, tags: set[str]) -> None:
+        try:
+            for tag in tags:
+                await channel.basic_cancel(tag)
+            # In delivery order: each goes back to where it was in its queue.
+            for delivery in deliveries.items:
+                if delivery.consumer in tags:
+                    channel.raw.basic_nack(delivery.tag, requeue=True)
+            deliveries.items = [d for d in deliveries.items if d.consumer not in tags]
+        except Exception as exc:
+            logger.debug("pausing a consuming channel: %s", exc)
+            _Consuming.release(self)
+
+    def close(self) -> None:
+        super().release()
+
+    async def give_back(self, items: list[Fetched]) -> None:
+        # AMQP puts nothing back at the head of a queue: these go to its tail.
+        transport = self.transport
+        for item in items:
+            name, body = item.origin
+            await transport.publish("", transport.layer.queue_of(name), body)
+
+
+class LocalSource(_Consuming):
+    drain = True
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(transport)
+        self._consumed: dict[str, str] = {}  # local channel -> consumer tag
+
+    async def fetch(self, count: int) -> list[Fetched]:
+        transport = self.transport
+        layer = transport.layer
+        with transport.boundary:
+            if not self._usable():
+                self._consumed = {}
+                _, deliveries = await self._start(layer.local_batch)
+                await transport.ensure_inbox(layer.inbox, force=True)
+                self.tags[await deliveries.consume(layer.inbox)] = ""
+            channel, deliveries = await self._start(layer.local_batch)
+            await self._follow(deliveries)
+            await self._wait(deliveries)
+            items, deliveries.items = deliveries.items, []
+            if not items:
+                return []
+            channel.raw.basic_ack(items[-1].tag, multiple=True)
+            await channel.basic_qos(layer.local_batch)
+        return self._open(items)
+
+    async def _follow(self, deliveries: Deliveries) -> None:
+        """Consume the queue of every local channel a receive waits on; stop consuming
+        those nobody asked for in a while."""
+        transport = self.transport
+        layer = transport.layer
+        now = time.monotonic()
+        for name, asked in list(layer.wanted.items()):
+            if name in self._consumed:
+                if now - asked > _IDLE_CONSUMER:
+                    tag = self._consumed.pop(name)
+                    del layer.wanted[name]
+                    assert self.channel is not None
+                    self.channel.raw.basic_cancel(tag)
+                continue
+            await transport.ensure_queue(name, force=True)
+            tag = await deliveries.consume(layer.queue_of(name))
+            self._consumed[name] = tag
+            self.tags[tag] = name
+
+    def _open(self, items: list[Delivery]) -> list[Fetched]:
+        layer = self.transport.layer
+        wall, now = time.time(), time.monotonic()
+        fetched: list[Fetched] = []
+        for delivery in items:
+            try:
+                message = envelope.unpack(delivery.body)
+            except ValueError as exc:
+                logger.warning("dropping a message on %s that no layer wrote: %s", layer.inbox, exc)
+                continue
+            if message.kind in (envelope.ADD, envelope.DISCARD):
+                channel = message.rest.decode()
+                if layer.membership(message.kind, message.group, channel, message.deadline):
+                    layer._state().spawn(self.transport.unbind_inbox(message.group))
+                continue
+            left = message.deadline - wall
+            if left <= 0:
+                continue
+            name = self.tags.get(delivery.consumer)
+            if name:
+                channels = [name]
+            elif message.kind == envelope.GROUP:
+                channels = layer.members(message.group)
+            else:
+                continue
+            if channels:
+                fetched.append(Fetched(channels, message.rest, now + left, None))
+        return fetched
+
+    async def give_back(self, items: list[Fetched]) -> None:
+        raise AssertionError("a draining source never gives back")
+
+    def close(self) -> None:
+        self.release()
+
+
+def _fetched(items: list[Delivery], tags: dict[str, str]) -> list[Fetched]:
+    wall, now = time.time(), time.monotonic()
+    fetched: list[Fetched] = []
+    for delivery in items:
+        name = tags.get(delivery.consumer)
+        if name is None:
+            continue
+        try:
+            message = envelope.unpack(delivery.body)
+        except ValueError as exc:
+            logger.warning("dropping a message for %s that no layer wrote: %s", name, exc)
+            continue
+        left = message.deadline - wall
+        if left > 0 and message.kind in (envelope.MESSAGE, envelope.GROUP):
+            fetched.append(Fetched((name,), message.rest, now + left, (name, delivery.body)))
+    return fetched

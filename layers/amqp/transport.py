@@ -1,0 +1,299 @@
+"""The connection of one layer instance in one event loop, and the broker calls made on it.
+
+One pika connection per event loop, opened on first use and again after it is lost (with
+backoff, within ``retry_timeout``). On it: a publishing channel in confirm mode, a channel
+for declarations (a declaration the broker refuses closes its channel, so that one is
+replaced, never shared with publishing or consuming), and one channel per receive loop
+(see :mod:`layers.amqp.receiver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import pika
+import pika.exceptions
+
+from layers.amqp.calls import Channel, Closed, Connection, Publisher, Refused, Verdict
+from layers.amqp.leases import Leases
+from layers.errors import BackendUnavailable, ServerError
+from layers.runtime import Fetched
+from layers.runtime.boundary import Boundary
+
+if TYPE_CHECKING:
+    from layers.amqp.layer import AmqpChannelLayer
+    from layers.amqp.receiver import LocalSource, PlainSource
+
+logger = logging.getLogger("layers.amqp")
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 1.0
+T = TypeVar("T")
+
+
+def boundary(address: str) -> Boundary:
+    return Boundary(
+        address,
+        refused=(Refused,),
+        unavailable=(Closed, pika.exceptions.AMQPError, OSError, TimeoutError),
+    )
+
+
+class Transport:
+    def __init__(self, layer: AmqpChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.boundary = boundary(layer.address)
+        self._connection: Connection | None = None
+        self._connecting: asyncio.Future[Connection] | None = None
+        self._publisher: Publisher | None = None
+        self._declarer: Channel | None = None
+        self._exchange_ready = False
+        # Receive sources outlive their receive loops (their channels are kept).
+        self._sources: dict[Hashable, PlainSource | LocalSource] = {}
+        self.leases = Leases(self)
+        self._janitor: asyncio.Task[None] | None = None
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def connection(self) -> Connection:
+        """The open connection, made (again) if needed; BackendUnavailable after
+        ``retry_timeout`` seconds of failing."""
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Connection:
+        layer = self.layer
+        deadline = time.monotonic() + layer.retry_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            try:
+                with self.boundary:
+                    connection = await asyncio.wait_for(
+                        Connection.open(layer.parameters), layer.connect_timeout + 1
+                    )
+            except BackendUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _MAX_BACKOFF)
+                continue
+            self._connection = connection
+            self._publisher = None
+            self._declarer = None
+            self._exchange_ready = False
+            self.leases.forget()
+            if self._janitor is None and layer.janitor.claim(self.loop):
+                self._janitor = self.loop.create_task(self.leases.run())
+            return connection
+
+    async def retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` (safe to repeat), again on a new connection if it was lost."""
+        deadline = time.monotonic() + self.layer.retry_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            try:
+                with self.boundary:
+                    return await work()
+            except BackendUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _MAX_BACKOFF)
+
+    async def declaring(self) -> Channel:
+        channel = self._declarer
+        if channel is None or not channel.is_open:
+            channel = self._declarer = await (await self.connection()).channel()
+        return channel
+
+    # -- declarations ----------------------------------------------------------------------
+
+    async def declare_queue(
+        self, queue: str, arguments: dict[str, Any], *, force: bool = False
+    ) -> None:
+        layer = self.layer
+        declared = layer.declared
+        # Declared again well before it could expire idle, so that what we send can never
+        # be in a queue that vanishes before the message's own expiry.
+        renew = (layer.queue_expires - float(layer.expiry)) / 2
+        last = declared.get(queue)
+        if not force and last is not None and time.monotonic() - last < renew:
+            return
+
+        async def declare() -> None:
+            channel = await self.declaring()
+            await channel.queue_declare(queue, arguments=arguments)
+
+        await self.retrying(declare)
+        declared[queue] = time.monotonic()
+        if last is None and queue != layer.registry:
+            await self.declare_queue(layer.registry, layer.registry_arguments())
+            await self.publish("", layer.registry, queue.encode())
+
+    async def ensure_queue(self, channel: str, *, force: bool = False) -> None:
+        layer = self.layer
+        await self.declare_queue(
+            layer.queue_of(channel), layer.queue_arguments(channel), force=force
+        )
+
+    async def ensure_inbox(self, inbox: str, *, force: bool = False) -> None:
+        await self.declare_queue(inbox, self.layer.inbox_arguments(), force=force)
+
+    async def ensure_exchange(self) -> None:
+        if self._exchange_ready:
+            return
+
+        async def declare() -> None:
+            channel = await self.declaring()
+            await channel.exchange_declare(self.layer.exchange, "direct")
+
+        await self.retrying(declare)
+        self._exchange_ready = True
+
+    def forget_exchange(self) -> None:
+        self._exchange_ready = False
+
+    async def bind(
+        self, queue: str, group: str, declare: Callable[[bool], Awaitable[None]]
+    ) -> None:
+        """Bind ``queue`` for ``group``; ``declare(force)`` makes sure the queue exists."""
+
+        async def bind() -> None:
+            channel = await self.declaring()
+            await channel.queue_bind(queue, self.layer.exchange, group)
+
+        await self.ensure_exchange()
+        await declare(False)
+        try:
+            await self.retrying(bind)
+        except ServerError:
+            # A flush elsewhere deleted the exchange or the queue since we declared them.
+            self._exchange_ready = False
+            await self.ensure_exchange()
+            await declare(True)
+            await self.retrying(bind)
+
+    async def unbind(self, queue: str, group: str) -> None:
+        async def unbind() -> None:
+            channel = await self.declaring()
+            with contextlib.suppress(Refused):  # no such queue or exchange: not bound
+                await channel.queue_unbind(queue, self.layer.exchange, group)
+
+        await self.retrying(unbind)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False
+    ) -> Verdict:
+        """Publish and wait for the broker's confirm. A publish whose connection failed
+        before it was written is tried again; one lost after raises BackendUnavailable
+        (it may or may not have been stored, and is never stored twice)."""
+        properties = pika.BasicProperties()
+        deadline = time.monotonic() + self.layer.retry_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            written = False
+            try:
+                with self.boundary:
+                    publisher = self._publisher
+                    if publisher is None or not publisher.channel.is_open:
+                        publisher = self._publisher = await Publisher.open(await self.connection())
+                    written = True
+                    return await publisher.publish(
+                        exchange, routing_key, body, properties, mandatory=mandatory
+                    )
+            except BackendUnavailable:
+                if written or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _MAX_BACKOFF)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def source(self, key: Hashable) -> PlainSource | LocalSource:
+        from layers.amqp.receiver import LocalSource, PlainSource
+
+        source = self._sources.get(key)
+        if source is None:
+            kind = cast(tuple[Any, ...], key)
+            source = PlainSource(self, kind[1]) if kind[0] == "plain" else LocalSource(self)
+            self._sources[key] = source
+        return source
+
+    def nudge_local(self) -> None:
+        source = self._sources.get(("local",))
+        if source is not None:
+            source.interrupt_wait()
+
+    async def take_waiting(self, keys: Sequence[Hashable]) -> list[Fetched]:
+        # Consumers are pushed what arrives as it arrives: nothing waits to be taken that a
+        # receive loop would not get as soon.
+        return []
+
+    async def unbind_inbox(self, group: str) -> None:
+        """The owner's last member of ``group`` left: its inbox need not get the group's
+        messages any more."""
+        try:
+            await self.unbind(self.layer.inbox, group)
+        except Exception as exc:  # it will only cost deliveries the owner drops
+            logger.debug("unbinding %s from %s: %s", self.layer.inbox, group, exc)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def flush(self, queues: list[str]) -> None:
+        layer = self.layer
+
+        async def flush() -> None:
+            channel = await self.declaring()
+            with contextlib.suppress(Refused):
+                await channel.exchange_delete(layer.exchange)
+            names = dict.fromkeys(queues)
+            channel = await self.declaring()
+            with contextlib.suppress(Refused):
+                while (name := await channel.get(layer.registry)) is not None:
+                    names[name.decode()] = None
+            for queue in names:
+                channel = await self.declaring()
+                with contextlib.suppress(Refused):
+                    await channel.queue_delete(queue)
+
+        await self.retrying(flush)
+        self._exchange_ready = False
+        self.leases.forget()
+        layer.declared.clear()
+
+    async def close(self) -> None:
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            janitor.cancel()
+            with contextlib.suppress(BaseException):
+                await janitor
+            self.layer.janitor.release(self.loop)
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()
+        connection, self._connection = self._connection, None
+        self._publisher = self._declarer = None
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if connection is not None:
+            await connection.close()
+
+    def abandon(self) -> None:
+        self._janitor = None
+        self.layer.janitor.release(self.loop)
+        self._sources.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abandon()
