@@ -350,10 +350,13 @@ class Deliveries:
         channel.on_close(lambda _: self._arrived.set())
         channel.raw.add_on_cancel_callback(self._on_broker_cancel)
 
-    async def consume(self, queue: str) -> str:
+    async def consume(self, queue: str, *, auto_ack: bool = False) -> str:
         """Start consuming ``queue``; its consumer tag."""
         frame = await self.channel.call(
-            self.channel.raw.basic_consume, queue, on_message_callback=self._on_message
+            self.channel.raw.basic_consume,
+            queue,
+            on_message_callback=self._on_message,
+            auto_ack=auto_ack,
         )
         return str(frame.method.consumer_tag)
 

@@ -1,22 +1,27 @@
-"""RabbitMQ's part of receiving: consumers, taken from in batches that a barrier confirms.
+"""RabbitMQ's part of receiving: consumers, pushed to by the broker.
 
-A fetch acks what it takes and then makes one synchronous call on the same channel
-(``basic.qos``): the broker handles a channel's frames in order, so when that call returns
-the acks are settled, and only then are the messages handed to the receive runtime. A
-connection lost before that returns nothing: the broker gives the unsettled messages to
-another consumer, and a message is never delivered twice. Deliveries beyond what a fetch
-takes are rejected back to their queue (``requeue``).
-
-- :class:`PlainSource`: ordinary channels, one consumer per queue, prefetch = the receivers
-  waiting (plus ``prefetch``), so competing processes share a channel.
-- :class:`LocalSource`: this instance's process-local channels: its inbox (group messages,
-  fanned out here to the local members, and membership changes) and the queue of each
-  local channel a receive waits on (direct sends), one channel, ``local_batch`` in flight.
+- :class:`PlainSource`: ordinary channels, which other processes may read too. One
+  consumer per queue with manual acks and a prefetch of the receivers waiting (plus
+  ``prefetch``), so competing processes share a channel. A fetch acks what it takes and
+  then makes one synchronous call on the same channel (``basic.qos``): the broker handles
+  a channel's frames in order, so when that call returns the acks are settled, and only
+  then are the messages handed to the receive runtime. A connection lost before that
+  returns nothing: the broker gives the unsettled messages to another consumer, and a
+  message is never delivered twice. Deliveries beyond what a fetch takes are rejected back
+  to their queue. Between receive loops the consumers stay a moment (a receiver usually
+  comes straight back), then are cancelled and what they held goes back, in order.
+- :class:`LocalSource`: this instance's process-local channels, which nobody else reads:
+  its inbox (group messages, fanned out here to the local members, and membership changes)
+  and the queue of each local channel a receive waits on (direct sends). Consumed with
+  automatic acks (what arrives is this instance's: no round trip per batch); when its
+  receive loop stops, or its event loop closes, the consumers are cancelled first and what
+  was still on its way is filed before the channel closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -35,6 +40,8 @@ logger = logging.getLogger("layers.amqp")
 _WAIT = 1.0
 #: Seconds a local channel's consumer stays after its last receive asked for it.
 _IDLE_CONSUMER = 60.0
+#: Seconds an ordinary channel's consumers stay after their receive loop stopped.
+_GRACE = 0.05
 
 
 class _Consuming:
@@ -110,14 +117,13 @@ class PlainSource(_Consuming):
         self._channels = channels
         self._prefetch = 1
         self._pausing: asyncio.Future[None] | None = None
+        self._pause_started = False
 
     async def fetch(self, count: int) -> list[Fetched]:
         transport = self.transport
         layer = transport.layer
         with transport.boundary:
-            pausing, self._pausing = self._pausing, None
-            if pausing is not None:
-                await pausing
+            await self._resume()
             channel, deliveries = await self._start(count)
             if count != self._prefetch:
                 await channel.basic_qos(count)
@@ -142,18 +148,21 @@ class PlainSource(_Consuming):
         return _fetched(take, self.tags)
 
     def release(self) -> None:
-        """No receiver waits: stop consuming, and hand back what was delivered meanwhile.
+        """No receiver waits: after a moment of grace, stop consuming and hand back what
+        was delivered meanwhile (in order, once the cancel is confirmed, so that nothing
+        still on its way comes back behind later messages). The next fetch takes over
+        the consumers if it comes in time, or waits for the pause to finish."""
+        if self.tags and self._usable():
+            self._pausing = asyncio.ensure_future(self._pause(_GRACE))
 
-        Asynchronously (a cancel must be confirmed before what its consumer was sent is
-        handed back, or a message still on its way would come back behind later ones);
-        the next fetch waits for it."""
+    async def _pause(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        self._pause_started = True
         channel, deliveries = self.channel, self.deliveries
-        tags, self.tags = self.tags, {}
-        if channel is None or deliveries is None or not channel.is_open or not tags:
+        tags = set(self.tags)
+        self.tags = {}
+        if channel is None or deliveries is None:
             return
-        self._pausing = asyncio.ensure_future(self._pause(channel, deliveries, set(tags)))
-
-    async def _pause(self, channel: Channel, deliveries: Deliveries, tags: set[str]) -> None:
         try:
             for tag in tags:
                 await channel.basic_cancel(tag)
@@ -166,8 +175,19 @@ class PlainSource(_Consuming):
             logger.debug("pausing a consuming channel: %s", exc)
             _Consuming.release(self)
 
-    def close(self) -> None:
-        super().release()
+    async def _resume(self) -> None:
+        pausing, self._pausing = self._pausing, None
+        if pausing is not None:
+            if self._pause_started:
+                await pausing
+            else:
+                pausing.cancel()  # still in its grace: the consumers carry on
+        self._pause_started = False
+
+    async def aclose(self) -> None:
+        if self._pausing is not None:
+            self._pausing.cancel()
+        _Consuming.release(self)
 
     async def give_back(self, items: list[Fetched]) -> None:
         # AMQP puts nothing back at the head of a queue: these go to its tail.
@@ -183,24 +203,24 @@ class LocalSource(_Consuming):
     def __init__(self, transport: Transport) -> None:
         super().__init__(transport)
         self._consumed: dict[str, str] = {}  # local channel -> consumer tag
+        self._pausing: asyncio.Future[None] | None = None
 
     async def fetch(self, count: int) -> list[Fetched]:
         transport = self.transport
         layer = transport.layer
         with transport.boundary:
+            pausing, self._pausing = self._pausing, None
+            if pausing is not None:
+                await pausing
             if not self._usable():
                 self._consumed = {}
                 _, deliveries = await self._start(layer.local_batch)
                 await transport.ensure_inbox(layer.inbox, force=True)
-                self.tags[await deliveries.consume(layer.inbox)] = ""
-            channel, deliveries = await self._start(layer.local_batch)
+                self.tags[await deliveries.consume(layer.inbox, auto_ack=True)] = ""
+            _, deliveries = await self._start(layer.local_batch)
             await self._follow(deliveries)
             await self._wait(deliveries)
             items, deliveries.items = deliveries.items, []
-            if not items:
-                return []
-            channel.raw.basic_ack(items[-1].tag, multiple=True)
-            await channel.basic_qos(layer.local_batch)
         return self._open(items)
 
     async def _follow(self, deliveries: Deliveries) -> None:
@@ -214,13 +234,42 @@ class LocalSource(_Consuming):
                 if now - asked > _IDLE_CONSUMER:
                     tag = self._consumed.pop(name)
                     del layer.wanted[name]
-                    assert self.channel is not None
-                    self.channel.raw.basic_cancel(tag)
+                    await deliveries.channel.basic_cancel(tag)
                 continue
             await transport.ensure_queue(name, force=True)
-            tag = await deliveries.consume(layer.queue_of(name))
+            tag = await deliveries.consume(layer.queue_of(name), auto_ack=True)
             self._consumed[name] = tag
             self.tags[tag] = name
+
+    def release(self) -> None:
+        if self._usable() and self._pausing is None:
+            self._pausing = asyncio.ensure_future(self._pause())
+
+    async def _pause(self) -> None:
+        """Cancel every consumer, file what was still on its way, close the channel:
+        with automatic acks, what the broker sent is ours, and must not be dropped."""
+        channel, deliveries = self.channel, self.deliveries
+        try:
+            if channel is not None and deliveries is not None and channel.is_open:
+                for tag in list(self.tags):
+                    await channel.basic_cancel(tag)
+                items, deliveries.items = deliveries.items, []
+                self.transport.layer._file(self._open(items), True)
+        except Exception as exc:
+            logger.debug("pausing the local consuming channel: %s", exc)
+        finally:
+            self._consumed = {}
+            _Consuming.release(self)
+
+    async def aclose(self) -> None:
+        pausing, self._pausing = self._pausing, None
+        if pausing is not None:
+            with contextlib.suppress(BaseException):
+                await pausing
+        elif self._usable():
+            await self._pause()
+        else:
+            _Consuming.release(self)
 
     def _open(self, items: list[Delivery]) -> list[Fetched]:
         layer = self.transport.layer
@@ -253,9 +302,6 @@ class LocalSource(_Consuming):
 
     async def give_back(self, items: list[Fetched]) -> None:
         raise AssertionError("a draining source never gives back")
-
-    def close(self) -> None:
-        self.release()
 
 
 def _fetched(items: list[Delivery], tags: dict[str, str]) -> list[Fetched]:

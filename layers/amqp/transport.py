@@ -280,9 +280,10 @@ class Transport:
             with contextlib.suppress(BaseException):
                 await janitor
             self.layer.janitor.release(self.loop)
-        for source in self._sources.values():
-            source.close()
+        sources = list(self._sources.values())
         self._sources.clear()
+        for source in sources:
+            await source.aclose()
         connection, self._connection = self._connection, None
         self._publisher = self._declarer = None
         if self._connecting is not None and not self._connecting.done():
