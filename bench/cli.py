@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs of each (layer, workload), interleaved; the median is reported",
     )
     add("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    add(
+        "--local-targets",
+        action="store_true",
+        help="receive only on process-local channels: each receiving role makes its "
+        "channel with new_channel() and hands it to the senders, and the warm-up skips "
+        "the normal channel (for layers that refuse normal channels, like channels_rabbitmq)",
+    )
     sizes = parser.add_argument_group("sizes (defaults follow docs/benchmarks.md)")
     for name, help_text in (
         ("messages", "messages in throughput and fan-in"),
@@ -174,6 +181,15 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _recorded(params: Params) -> dict[str, Any]:
+    """The params for the JSON file; ``local_targets`` only when set, so a run without
+    ``--local-targets`` writes the same document as before the option existed."""
+    recorded = dataclasses.asdict(params)
+    if not params.local_targets:
+        del recorded["local_targets"]
+    return recorded
+
+
 def _meta(
     argv: Sequence[str], targets: list[Target], params: Params, repeat: int
 ) -> dict[str, Any]:
@@ -185,7 +201,7 @@ def _meta(
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "repeat": repeat,
-        "params": dataclasses.asdict(params),
+        "params": _recorded(params),
         "layers": [
             {
                 "label": t.label,
@@ -249,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
     rows = aggregate(runs)
     if not to_stdout:
-        sys.stdout.write(markdown(rows))
+        sys.stdout.write(markdown(rows, local_targets=params.local_targets))
     if args.json:
         text = json.dumps(json_document(rows, runs, meta))
         if to_stdout:

@@ -215,8 +215,12 @@ async def send_retrying(
         delay = min(delay * 2 or 0.0005, MAX_BACKOFF)
 
 
-async def warm_up(layer: Any, run_id: int, tag: str, count: int, idle: float) -> None:
-    """Open connections and prime both normal and process-local paths before timing.
+async def warm_up(
+    layer: Any, run_id: int, tag: str, count: int, idle: float, local_only: bool = False
+) -> None:
+    """Open connections and prime both normal and process-local paths before timing;
+    with ``local_only`` (``--local-targets``) only the process-local one, for layers
+    that refuse normal channels.
 
     A lossy layer still gets measured: only a layer that delivers nothing at all to
     itself fails here, so that its row says so instead of showing a rate of zero.
@@ -224,7 +228,8 @@ async def warm_up(layer: Any, run_id: int, tag: str, count: int, idle: float) ->
     wait = min(idle, 1.0)
     delivered = 0
     local = await asyncio.wait_for(layer.new_channel(), max(idle, 5.0))
-    for channel in (f"bench.{run_id}.warm.{tag}", local):
+    channels = (local,) if local_only else (f"bench.{run_id}.warm.{tag}", local)
+    for channel in channels:
         for i in range(count):
             await asyncio.wait_for(layer.send(channel, message(run_id, i, "w")), max(idle, 5.0))
             try:

@@ -88,12 +88,20 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown(rows: list[Row]) -> str:
+LOCAL_TARGETS_NOTE = (
+    "--local-targets: every channel a workload receives on is process-local, made by its "
+    "receiver with new_channel(); the warm-up used process-local channels only."
+)
+
+
+def markdown(rows: list[Row], local_targets: bool = False) -> str:
+    """The table; with ``local_targets`` a line above it says how the run was made."""
     header = (
         "| layer | workload | rate | p50 ms | p90 ms | p99 ms | lost | duplicated "
         "| full retries | notes |"
     )
-    lines = [header, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    lines = [LOCAL_TARGETS_NOTE, ""] if local_targets else []
+    lines += [header, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         rate = "-" if r.rate is None else f"{r.rate:,.0f} {r.unit}"
         counted = r.runs > r.failed_runs

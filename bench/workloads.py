@@ -4,6 +4,11 @@ process for in-process layers), plus how their results combine into one measurem
 A role has two phases. ``setup`` warms the layer up and creates whatever the peers must
 know about (process-local channel names, group membership) and returns it as plain data;
 ``run`` is the timed part and receives every role's setup data.
+
+Every role that receives names its channel in its setup data as ``"channel"``: the normal
+channel ``bench.<run>.<what>``, or with ``--local-targets`` (``Params.local_targets``) a
+process-local channel it made with ``new_channel()``, for layers that refuse normal
+channels. Senders always take the name from ``peers``, so both cases share one path.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Params:
     warmup: int = 20
     idle_timeout: float = 5.0
     linger: float = 0.2
+    local_targets: bool = False  # receive only on new_channel() channels (--local-targets)
 
 
 QUICK = Params(
@@ -80,18 +86,34 @@ class Role:
         self.text = "x" * ctx.params.payload
 
     async def setup(self, layer: Any) -> Info:
-        await warm_up(layer, self.ctx.run_id, self.ctx.role, self.p.warmup, self.p.idle_timeout)
+        p = self.p
+        await warm_up(
+            layer, self.ctx.run_id, self.ctx.role, p.warmup, p.idle_timeout, p.local_targets
+        )
         return {}
 
     async def run(self, layer: Any, peers: Peers) -> Info:
         raise NotImplementedError
 
+    async def receiving_channel(self, layer: Any, what: str) -> str:
+        """The channel this role receives on: ``bench.<run>.<what>``, or with
+        ``local_targets`` a process-local channel of its own (peers learn it in setup)."""
+        if not self.p.local_targets:
+            return self.ctx.name(what)
+        channel: str = await layer.new_channel()
+        return channel
+
 
 class Collector(Role):
-    """Consumer of one normal channel (throughput, fan-in)."""
+    """Consumer of one channel (throughput, fan-in): normal, or its own local one."""
+
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.channel = await self.receiving_channel(layer, "in")
+        return {"channel": self.channel}
 
     async def run(self, layer: Any, peers: Peers) -> Info:
-        channel, n = self.ctx.name("in"), self.p.messages
+        channel, n = self.channel, self.p.messages
         seen, tally = bytearray(n), Tally(run_id=self.ctx.run_id)
         done = await bounded(
             drain(layer, channel, seen, 0, n, tally, False),
@@ -104,12 +126,13 @@ class Collector(Role):
 
 
 class Producer(Role):
-    """Sends ``messages`` to one normal channel from ``tasks`` concurrent tasks."""
+    """Sends ``messages`` to the consumer's channel from ``tasks`` concurrent tasks."""
 
     tasks = 1
 
     async def run(self, layer: Any, peers: Peers) -> Info:
-        channel, n, step = self.ctx.name("in"), self.p.messages, self.tasks
+        channel: str = peers["consumer"][0]["channel"]
+        n, step = self.p.messages, self.tasks
         stats, run_id, text, idle = SendStats(), self.ctx.run_id, self.text, self.p.idle_timeout
 
         async def produce(first: int) -> None:
@@ -132,8 +155,13 @@ class FanInProducer(Producer):
 class RpcServer(Role):
     """Answers each request on the reply channel it carries, until told to stop."""
 
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.channel = await self.receiving_channel(layer, "rpc")
+        return {"channel": self.channel}
+
     async def run(self, layer: Any, peers: Peers) -> Info:
-        channel, run_id, idle = self.ctx.name("rpc"), self.ctx.run_id, self.p.idle_timeout
+        channel, run_id, idle = self.channel, self.ctx.run_id, self.p.idle_timeout
         stats, tally = SendStats(), Tally(run_id=run_id)
 
         async def serve() -> None:
@@ -167,7 +195,8 @@ class RpcClient(Role):
         return {}
 
     async def run(self, layer: Any, peers: Peers) -> Info:
-        server, reply, n = self.ctx.name("rpc"), self.reply, self.p.round_trips
+        server: str = peers["server"][0]["channel"]
+        reply, n = self.reply, self.p.round_trips
         run_id, text, idle = self.ctx.run_id, self.text, self.p.idle_timeout
         stats, tally, seen = SendStats(), Tally(run_id=run_id), bytearray(n)
         lat = tally.latencies
@@ -238,7 +267,8 @@ class GroupMembers(Role):
                 *(drain(layer, c, s, 0, k, tally, forever, progress) for c, s in pairs)
             )
 
-        acks = asyncio.ensure_future(self._report(layer, tally, progress))
+        ack_channel: str = peers["sender"][0]["channel"]
+        acks = asyncio.ensure_future(self._report(layer, ack_channel, tally, progress))
         try:
             if await bounded(receivers(False), lambda: tally.received, self.p.idle_timeout):
                 await linger(receivers(True), self.p.linger)
@@ -246,10 +276,12 @@ class GroupMembers(Role):
             acks.cancel()
         return tally.as_dict()
 
-    async def _report(self, layer: Any, tally: Tally, progress: asyncio.Event) -> None:
+    async def _report(
+        self, layer: Any, channel: str, tally: Tally, progress: asyncio.Event
+    ) -> None:
         """Tell the sender how many sends every member has received (roughly: losses
         spread over all members, so one lost delivery cannot stall the sender)."""
-        channel, members, reported = self.ctx.name("ack"), len(self.channels), 0
+        members, reported = len(self.channels), 0
         while True:
             await progress.wait()
             progress.clear()
@@ -261,11 +293,18 @@ class GroupMembers(Role):
 
 
 class GroupSender(Role):
+    """Calls ``group_send``, paced by the members' acks on a channel of its own."""
+
+    async def setup(self, layer: Any) -> Info:
+        await super().setup(layer)
+        self.acks = await self.receiving_channel(layer, "ack")
+        return {"channel": self.acks}
+
     async def run(self, layer: Any, peers: Peers) -> Info:
         group, run_id, text = self.ctx.name("group"), self.ctx.run_id, self.text
         sent, errors = 0, Errors()
 
-        ack_channel, acked = self.ctx.name("ack"), 0
+        ack_channel, acked = self.acks, 0
 
         async def send_all() -> None:
             nonlocal sent, acked

@@ -4,6 +4,7 @@ layer gets its own row while the others still run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import socket
@@ -15,10 +16,10 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer as ChannelsMemoryLayer
 
-from bench.cli import EXIT_DUPLICATES, EXIT_LAYER_FAILED, EXIT_OK, main
-from bench.probe import Tally, drain, percentiles
+from bench.cli import EXIT_DUPLICATES, EXIT_LAYER_FAILED, EXIT_OK, build_parser, main
+from bench.probe import Tally, drain, percentiles, warm_up
 from bench.progress import Progress
-from bench.report import aggregate, markdown
+from bench.report import LOCAL_TARGETS_NOTE, aggregate, markdown
 from bench.runner import Measurement
 from bench.targets import (
     AMQP_CLASS,
@@ -31,7 +32,8 @@ from bench.targets import (
     parse_target,
     redact,
 )
-from bench.workloads import WORKLOADS
+from bench.workloads import QUICK, WORKLOADS, Collector, Ctx, GroupSender, RpcServer
+from layers.memory import InMemoryChannelLayer as OurMemoryLayer
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = __name__  # spawned workers import the misbehaving layers below by this name
@@ -60,6 +62,30 @@ class LossyLayer(ChannelsMemoryLayer):  # type: ignore[misc]
         await super().send(channel, message)
 
 
+class LocalOnlyLayer(OurMemoryLayer):
+    """Our memory layer, refusing normal channels as channels_rabbitmq does (RuntimeError
+    for a name without "!"), and receiving only on channels it made with new_channel()."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.made: set[str] = set()
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        name: str = await super().new_channel(prefix)
+        self.made.add(name)
+        return name
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        if "!" not in channel:
+            raise RuntimeError(f"normal channel {channel!r} refused")
+        await super().send(channel, message)
+
+    async def receive(self, channel: str) -> Any:
+        if channel not in self.made:
+            raise RuntimeError(f"receive on {channel!r}, not a new_channel() of this layer")
+        return await super().receive(channel)
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(["--no-progress", *args])
     return code, capsys.readouterr().out
@@ -83,9 +109,59 @@ def test_every_workload_quick_on_memory(capsys: pytest.CaptureFixture[str], tmp_
         assert row["rate"] > 0 and 0 < row["p50"] <= row["p90"] <= row["p99"]
     assert doc["layers"][0]["factory"] == MEMORY_CLASS
     assert doc["layers"][0]["in_process"] is True
+    assert "local_targets" not in doc["params"]  # without the flag, the JSON as it was
+    assert table.startswith("| layer | workload |")
     lines = [line for line in table.splitlines() if line.startswith("| memory://")]
     assert len(lines) == len(WORKLOADS)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_local_targets_quick_on_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    # The memory layer, failing any send to or receive on a channel that is not
+    # process-local (counted as errors, or a failed run); 60 sends make the group sender
+    # wait for its members' acks.
+    code, out = run_cli(
+        capsys,
+        *("--quick", "--local-targets", "--sends", "60", "--json", "-"),
+        *("--layer", f"{HERE}.LocalOnlyLayer", "--in-process"),
+    )
+    assert code == EXIT_OK
+    doc = json.loads(out)
+    assert doc["params"]["local_targets"] is True and "--local-targets" in doc["command"]
+    assert [r["workload"] for r in doc["results"]] == list(WORKLOADS)
+    for row in doc["results"]:
+        assert row["failed_runs"] == 0 and row["errors"] == 0, row["notes"]
+        assert row["lost"] == 0 and row["duplicated"] == 0 and row["stale"] == 0
+        assert row["delivered"] == row["expected"] > 0
+    assert markdown([], local_targets=True).startswith(LOCAL_TARGETS_NOTE + "\n\n| layer |")
+    assert "--local-targets" in build_parser().format_help()
+
+
+def test_without_local_targets_a_local_only_layer_fails_its_warm_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = run_cli(
+        capsys,
+        *("--quick", "--workload", "throughput", "--json", "-"),
+        *("--layer", f"{HERE}.LocalOnlyLayer", "--in-process"),
+    )
+    assert code == EXIT_LAYER_FAILED
+    (row,) = json.loads(out)["results"]
+    assert row["notes"][0].startswith("setup failed: RuntimeError: normal channel")
+
+
+async def test_receiving_roles_name_their_channel_in_setup() -> None:
+    local = dataclasses.replace(QUICK, local_targets=True)
+    for role, what in ((Collector, "in"), (RpcServer, "rpc"), (GroupSender, "ack")):
+        assert await role(Ctx(7, QUICK, "r")).setup(ChannelsMemoryLayer()) == {
+            "channel": f"bench.7.{what}"  # the names runs without --local-targets use
+        }
+        layer = LocalOnlyLayer()
+        info = await role(Ctx(7, local, "r")).setup(layer)
+        assert info["channel"] in layer.made
+    with pytest.raises(RuntimeError, match="normal channel"):
+        await warm_up(LocalOnlyLayer(), 7, "r", 2, 1.0)
+    await warm_up(LocalOnlyLayer(), 7, "r", 2, 1.0, local_only=True)
 
 
 def test_unimportable_layer_gets_its_row_and_others_still_run(
