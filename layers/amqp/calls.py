@@ -206,7 +206,11 @@ class Channel:
         await self.call(self.raw.queue_delete, queue)
 
     async def exchange_declare(self, exchange: str, kind: str) -> None:
-        await self.call(self.raw.exchange_declare, exchange, exchange_type=kind, durable=True)
+        """Durable, and deleted with its last binding: once every queue bound to it has
+        expired, nothing of it is left."""
+        await self.call(
+            self.raw.exchange_declare, exchange, exchange_type=kind, durable=True, auto_delete=True
+        )
 
     async def exchange_delete(self, exchange: str) -> None:
         await self.call(self.raw.exchange_delete, exchange)

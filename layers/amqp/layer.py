@@ -120,9 +120,13 @@ class AmqpChannelLayer(NetworkLayer):
             "x-expires": round(self.queue_expires * 1000),
         }
 
-    @staticmethod
-    def registry_arguments() -> dict[str, Any]:
-        return {"x-max-length": 100_000, "x-overflow": "drop-head"}
+    def registry_arguments(self) -> dict[str, Any]:
+        """For the registry and the leases' dead letters: bounded, gone when unused."""
+        return {
+            "x-max-length": 100_000,
+            "x-overflow": "drop-head",
+            "x-expires": round(self.queue_expires * 1000),
+        }
 
     def inbox_arguments(self) -> dict[str, Any]:
         return {

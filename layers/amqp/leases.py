@@ -45,6 +45,8 @@ class Leases:
         self.exchange = f"{layer.prefix}:leases"
         self.expired = f"{layer.prefix}:!leases"
         self._ready = False
+        # Set once the leases' exchange and queue exist: the janitor has work to wait for.
+        self._made = asyncio.Event()
 
     def _arguments(self) -> dict[str, Any]:
         group_expiry_ms = round(float(self.transport.layer.group_expiry) * 1000)
@@ -54,7 +56,7 @@ class Leases:
             "x-overflow": "drop-head",
             "x-dead-letter-exchange": self.exchange,
             # Gone a while after its last lease expired (and was dead-lettered).
-            "x-expires": group_expiry_ms + 60_000,
+            "x-expires": group_expiry_ms + round(self.transport.layer.queue_expires * 1000),
         }
 
     async def _prepare(self) -> None:
@@ -63,14 +65,19 @@ class Leases:
         if self._ready:
             return
         transport = self.transport
-        channel = await transport.declaring()
-        await channel.exchange_declare(self.exchange, "fanout")
-        await transport.declare_queue(
-            self.expired, {"x-max-length": 100_000, "x-overflow": "drop-head"}
-        )
-        channel = await transport.declaring()
-        await channel.queue_bind(self.expired, self.exchange, "")
+        # A channel of its own: a flush elsewhere may delete the exchange between these
+        # calls, and the refusal must not close a channel other tasks are using.
+        channel = await (await transport.connection()).channel()
+        try:
+            await channel.exchange_declare(self.exchange, "fanout")
+            await channel.queue_declare(
+                self.expired, arguments=transport.layer.registry_arguments()
+            )
+            await channel.queue_bind(self.expired, self.exchange, "")
+        finally:
+            await channel.close()
         self._ready = True
+        self._made.set()
 
     async def renew(self, group: str, channel: str) -> None:
         transport = self.transport
@@ -96,6 +103,7 @@ class Leases:
 
     def forget(self) -> None:
         self._ready = False
+        self._made.clear()
 
     # -- the janitor -----------------------------------------------------------------------
 
@@ -113,12 +121,18 @@ class Leases:
 
     async def _serve(self) -> None:
         transport = self.transport
-        await self._prepare()
         channel = await (await transport.connection()).channel()
         try:
             deliveries = Deliveries(channel)
             await channel.basic_qos(50)
-            tag = await deliveries.consume(self.expired)
+            try:
+                tag = await deliveries.consume(self.expired)
+            except Refused:
+                # No leases under this prefix (yet, or since a flush): nothing to look
+                # after until this instance makes one, or another process does.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._made.wait(), 30.0)
+                return
             while channel.is_open and tag not in deliveries.cancelled:
                 await deliveries.wait(30.0)
                 items, deliveries.items = deliveries.items, []
@@ -126,8 +140,11 @@ class Leases:
                     await self._lapse(delivery.body)
                     channel.raw.basic_ack(delivery.tag)
         finally:
-            await channel.close()
             self._ready = False
+            # Not awaited: this runs when the janitor is cancelled, as its loop closes.
+            if channel.is_open:
+                with contextlib.suppress(Exception):
+                    channel.raw.close()
 
     async def _lapse(self, body: bytes) -> None:
         try:

@@ -255,18 +255,31 @@ class Transport:
         layer = self.layer
 
         async def flush() -> None:
-            channel = await self.declaring()
-            with contextlib.suppress(Refused):
-                await channel.exchange_delete(layer.exchange)
+            # A channel of its own, and a new one after each refusal (a thing already
+            # gone): a refusal closes its channel, and other tasks use the shared one.
+            connection = await self.connection()
+            channel = await connection.channel()
             names = dict.fromkeys(queues)
-            channel = await self.declaring()
-            with contextlib.suppress(Refused):
-                while (name := await channel.get(layer.registry)) is not None:
-                    names[name.decode()] = None
+            while True:
+                try:
+                    while (name := await channel.get(layer.registry)) is not None:
+                        names[name.decode()] = None
+                    break
+                except Refused:
+                    channel = await connection.channel()
+                    break
+            names.update(dict.fromkeys((self.leases.expired, layer.registry)))
+            for exchange in (layer.exchange, self.leases.exchange):
+                try:
+                    await channel.exchange_delete(exchange)
+                except Refused:
+                    channel = await connection.channel()
             for queue in names:
-                channel = await self.declaring()
-                with contextlib.suppress(Refused):
+                try:
                     await channel.queue_delete(queue)
+                except Refused:
+                    channel = await connection.channel()
+            await channel.close()
 
         await self.retrying(flush)
         self._exchange_ready = False
