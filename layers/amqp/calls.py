@@ -165,22 +165,24 @@ class Channel:
         for hook in self._on_closed:
             hook(reason)
 
-    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a pika RPC that takes ``callback=``; its reply frame."""
+    def start(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Send a pika RPC that takes ``callback=`` now; a future of its reply frame."""
         if not self.is_open:
             raise _closed(self.closed.result() if self.closed.done() else "channel not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
 
         def done(frame: Any) -> None:
             if not future.done():
                 future.set_result(frame)
 
-        try:
-            method(*args, callback=done, **kwargs)
-            return await future
-        finally:
-            self._pending.discard(future)
+        method(*args, callback=done, **kwargs)
+        return future
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a pika RPC that takes ``callback=``; its reply frame."""
+        return await self.start(method, *args, **kwargs)
 
     async def queue_declare(
         self,
@@ -292,20 +294,34 @@ class Publisher:
         *,
         mandatory: bool = False,
     ) -> Verdict:
-        channel = self.channel
         async with self._slots:
-            if not channel.is_open:
-                raise Closed(channel.closed.result() if channel.closed.done() else "closed")
-            tag = self._next_tag
-            self._next_tag += 1
-            future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-            self._waiting[tag] = future
-            properties.message_id = str(tag)
-            channel.raw.basic_publish(exchange, routing_key, body, properties, mandatory)
-            try:
-                return await future
-            finally:
-                self._waiting.pop(tag, None)
+            return await self.begin(exchange, routing_key, body, properties, mandatory=mandatory)
+
+    def begin(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.spec.BasicProperties,
+        *,
+        mandatory: bool = False,
+    ) -> asyncio.Future[Verdict]:
+        """Write the publish now; a future of the broker's verdict (callers hold a slot)."""
+        channel = self.channel
+        if not channel.is_open:
+            raise _closed(channel.closed.result() if channel.closed.done() else "closed")
+        tag = self._next_tag
+        self._next_tag += 1
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._waiting[tag] = future
+        future.add_done_callback(lambda _: self._waiting.pop(tag, None))
+        properties.message_id = str(tag)
+        channel.raw.basic_publish(exchange, routing_key, body, properties, mandatory)
+        return future
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        return self._slots
 
     def _on_return(self, _: Any, method: Any, properties: Any, body: bytes) -> None:
         with contextlib.suppress(TypeError, ValueError):

@@ -16,6 +16,7 @@ MESSAGE = b"m"  # to one channel's queue
 GROUP = b"g"  # a group_send, to a member's queue or an instance's inbox
 ADD = b"a"  # to an instance's inbox: its channel joined a group
 DISCARD = b"d"  # to an instance's inbox: its channel left a group
+QUEUE = b"q"  # to an instance's inbox: its channel has a queue (direct sends wait there)
 
 _HEAD = struct.Struct(">cd")
 
@@ -42,7 +43,7 @@ def unpack(body: bytes) -> Envelope:
     kind, deadline = _HEAD.unpack_from(body)
     if kind == MESSAGE:
         return Envelope(kind, deadline, "", body[_HEAD.size :])
-    if kind not in (GROUP, ADD, DISCARD) or len(body) <= _HEAD.size:
+    if kind not in (GROUP, ADD, DISCARD, QUEUE) or len(body) <= _HEAD.size:
         raise ValueError(f"unknown kind {kind!r}")
     size = body[_HEAD.size]
     start = _HEAD.size + 1

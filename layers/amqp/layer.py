@@ -92,6 +92,9 @@ class AmqpChannelLayer(NetworkLayer):
         self._members_lock = threading.Lock()
         # Local channels receives wait on, with when they last asked (monotonic).
         self.wanted: dict[str, float] = {}
+        # Local channels of this instance that have a queue (someone sent to them
+        # directly), as the inbox told: consumed while receives want them.
+        self.direct: set[str] = set()
         # One event loop per instance runs the lease janitor (layers/amqp/leases.py).
         self.janitor = Duty()
 
@@ -106,6 +109,9 @@ class AmqpChannelLayer(NetworkLayer):
     def _inbox_of(self, instance: str) -> str:
         # "!" first: no channel name starts with it, so no channel's queue has this name.
         return f"{self.prefix}:!{instance}"
+
+    def inbox_of_channel(self, channel: str) -> str:
+        return self._inbox_of(self._owner(channel))
 
     @staticmethod
     def _owner(channel: str) -> str:
@@ -169,8 +175,7 @@ class AmqpChannelLayer(NetworkLayer):
         transport = self._transport()
         queue = self.queue_of(channel)
         for _ in range(2):
-            await transport.ensure_queue(channel)
-            verdict = await transport.publish("", queue, body, mandatory=True)
+            verdict = await transport.deliver(channel, body)
             if verdict is Verdict.ACKED:
                 return
             if verdict is Verdict.NACKED:

@@ -224,20 +224,30 @@ class LocalSource(_Consuming):
         return self._open(items)
 
     async def _follow(self, deliveries: Deliveries) -> None:
-        """Consume the queue of every local channel a receive waits on; stop consuming
-        those nobody asked for in a while."""
+        """Consume the queue of every local channel that has one (its inbox said so) and
+        that a receive asked for lately; stop consuming those nobody asked for in a while,
+        so that their queues can expire."""
         transport = self.transport
         layer = transport.layer
         now = time.monotonic()
-        for name, asked in list(layer.wanted.items()):
+        idle = max(_IDLE_CONSUMER, 2 * float(layer.expiry))
+        for name, tag in list(self._consumed.items()):
+            if now - layer.wanted.get(name, 0.0) > idle:
+                del self._consumed[name]
+                layer.direct.discard(name)
+                layer.wanted.pop(name, None)
+                await deliveries.channel.basic_cancel(tag)
+        for name in list(layer.direct):
             if name in self._consumed:
-                if now - asked > _IDLE_CONSUMER:
-                    tag = self._consumed.pop(name)
-                    del layer.wanted[name]
-                    await deliveries.channel.basic_cancel(tag)
                 continue
-            await transport.ensure_queue(name, force=True)
-            tag = await deliveries.consume(layer.queue_of(name), auto_ack=True)
+            if now - layer.wanted.get(name, 0.0) > idle:
+                layer.direct.discard(name)
+                continue
+            # Declared (a flush may have removed it since), not registered: whoever sent
+            # to it did that.
+            queue = layer.queue_of(name)
+            await deliveries.channel.queue_declare(queue, arguments=layer.queue_arguments(name))
+            tag = await deliveries.consume(queue, auto_ack=True)
             self._consumed[name] = tag
             self.tags[tag] = name
 
@@ -280,6 +290,13 @@ class LocalSource(_Consuming):
                 message = envelope.unpack(delivery.body)
             except ValueError as exc:
                 logger.warning("dropping a message on %s that no layer wrote: %s", layer.inbox, exc)
+                continue
+            if message.kind == envelope.QUEUE:
+                # Consumed from the next fetch on (which comes straight after this one),
+                # for a while even if no receive asks for it yet.
+                local = message.rest.decode()
+                layer.direct.add(local)
+                layer.wanted[local] = max(layer.wanted.get(local, 0.0), now)
                 continue
             if message.kind in (envelope.ADD, envelope.DISCARD):
                 channel = message.rest.decode()

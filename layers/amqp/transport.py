@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import pika
 import pika.exceptions
 
+from layers.amqp import envelope
 from layers.amqp.calls import Channel, Closed, Connection, Publisher, Refused, Verdict
 from layers.amqp.leases import Leases
 from layers.errors import BackendUnavailable, ServerError
@@ -118,27 +119,103 @@ class Transport:
 
     # -- declarations ----------------------------------------------------------------------
 
+    def _due(self, queue: str) -> bool:
+        """Whether ``queue`` is to be declared (again) before we send to it: never
+        declared by this process, or long enough ago that it could expire idle before a
+        message we send now does."""
+        layer = self.layer
+        last = layer.declared.get(queue)
+        renew = (layer.queue_expires - float(layer.expiry)) / 2
+        return last is None or time.monotonic() - last >= renew
+
     async def declare_queue(
         self, queue: str, arguments: dict[str, Any], *, force: bool = False
     ) -> None:
         layer = self.layer
-        declared = layer.declared
-        # Declared again well before it could expire idle, so that what we send can never
-        # be in a queue that vanishes before the message's own expiry.
-        renew = (layer.queue_expires - float(layer.expiry)) / 2
-        last = declared.get(queue)
-        if not force and last is not None and time.monotonic() - last < renew:
+        if not force and not self._due(queue):
             return
+        first = queue not in layer.declared
 
         async def declare() -> None:
             channel = await self.declaring()
             await channel.queue_declare(queue, arguments=arguments)
 
         await self.retrying(declare)
-        declared[queue] = time.monotonic()
-        if last is None and queue != layer.registry:
+        layer.declared[queue] = time.monotonic()
+        if first and queue != layer.registry:
+            # flush() finds what other processes declared there.
             await self.declare_queue(layer.registry, layer.registry_arguments())
             await self.publish("", layer.registry, queue.encode())
+
+    async def deliver(self, channel: str, body: bytes) -> Verdict:
+        """Publish a message to ``channel``'s queue, declaring the queue first when it is
+        due, in the same round trip: on the publishing channel, whose frames the broker
+        handles in order, so the queue exists when the message arrives."""
+        layer = self.layer
+        queue = layer.queue_of(channel)
+        if not self._due(queue):
+            return await self.publish("", queue, body, mandatory=True)
+        first = queue not in layer.declared
+        if first:
+            await self.declare_queue(layer.registry, layer.registry_arguments())
+        # A process-local channel's owner consumes its queue only once told it exists
+        # (most local channels never get a direct message: no queue, no consumer).
+        inbox = layer.inbox_of_channel(channel) if "!" in channel else None
+        if inbox is not None:
+            await self.declare_queue(inbox, layer.inbox_arguments())
+        arguments = layer.queue_arguments(channel)
+        deadline = time.monotonic() + layer.retry_timeout
+        delay = _FIRST_BACKOFF
+        while True:
+            written = False
+            try:
+                with self.boundary:
+                    publisher = await self._publishing()
+                    async with publisher.slots:
+                        raw = publisher.channel.raw
+                        declared = publisher.channel.start(
+                            raw.queue_declare, queue, durable=True, arguments=arguments
+                        )
+                        written = True
+                        # Named in the registry in the same round trip (flush reads it).
+                        registered = (
+                            publisher.begin(
+                                "", layer.registry, queue.encode(), pika.BasicProperties()
+                            )
+                            if first
+                            else None
+                        )
+                        verdict = publisher.begin(
+                            "", queue, body, pika.BasicProperties(), mandatory=True
+                        )
+                        told = (
+                            publisher.begin(
+                                "",
+                                inbox,
+                                envelope.pack(envelope.QUEUE, 0.0, channel.encode(), "-"),
+                                pika.BasicProperties(),
+                            )
+                            if inbox is not None
+                            else None
+                        )
+                        try:
+                            await declared
+                        except BaseException:
+                            # The refusal closed the channel: the verdict fails with it.
+                            verdict.add_done_callback(_retrieve)
+                            raise
+                        result = await verdict
+                        if registered is not None:
+                            await registered
+                        if told is not None:
+                            await told
+                layer.declared[queue] = time.monotonic()
+                return result
+            except BackendUnavailable:
+                if written or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _MAX_BACKOFF)
 
     async def ensure_queue(self, channel: str, *, force: bool = False) -> None:
         layer = self.layer
@@ -193,6 +270,12 @@ class Transport:
 
     # -- publishing ------------------------------------------------------------------------
 
+    async def _publishing(self) -> Publisher:
+        publisher = self._publisher
+        if publisher is None or not publisher.channel.is_open:
+            publisher = self._publisher = await Publisher.open(await self.connection())
+        return publisher
+
     async def publish(
         self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False
     ) -> Verdict:
@@ -206,9 +289,7 @@ class Transport:
             written = False
             try:
                 with self.boundary:
-                    publisher = self._publisher
-                    if publisher is None or not publisher.channel.is_open:
-                        publisher = self._publisher = await Publisher.open(await self.connection())
+                    publisher = await self._publishing()
                     written = True
                     return await publisher.publish(
                         exchange, routing_key, body, properties, mandatory=mandatory
@@ -311,3 +392,8 @@ class Transport:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.abandon()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -151,17 +151,17 @@ async def test_a_process_that_only_receives_gets_its_messages(
     sender = AmqpChannelLayer(url=shared_amqp, prefix=prefix)
     try:
         local = await receiver.new_channel()
-        for channel in ("jobs", local):
+        # What its receive declares: an ordinary channel's queue; for a process-local
+        # channel, the instance's inbox (a sender declares the channel's own queue and
+        # tells the owner there).
+        inbox = f"{prefix}:!{receiver.client_prefix}"
+        for channel, made in (("jobs", f"{prefix}:jobs"), (local, inbox)):
             waiting = asyncio.create_task(receiver.receive(channel))
 
-            async def declared(name: str = f"{prefix}:{channel}") -> bool:
+            async def declared(name: str = made) -> bool:
                 return name in await asyncio.to_thread(queues, prefix)
 
-            await wait_until(
-                declared,
-                timeout=10,
-                what=f"the receive on {channel} declared its queue",
-            )
+            await wait_until(declared, timeout=10, what=f"the receive on {channel} declared {made}")
             await sender.send(channel, {"type": "m", "to": channel})
             assert (await asyncio.wait_for(waiting, 5))["to"] == channel
     finally:
