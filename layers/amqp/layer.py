@@ -155,14 +155,12 @@ class AmqpChannelLayer(NetworkLayer):
             keys.append(("plain", plain))
         if len(plain) < len(channels):
             now = time.monotonic()
-            new = False
             for channel in channels:
                 if "!" in channel:
-                    new = new or channel not in self.wanted
                     self.wanted[channel] = now
-            if new:
-                # The local receive loop may be waiting: have it consume this one now.
-                self._transport().nudge_local()
+            # The local receive loop may be waiting with deliveries held for want of
+            # room in a buffer this receive is about to empty, or for a new channel.
+            self._transport().nudge_local()
             keys.append(("local",))
         return keys
 

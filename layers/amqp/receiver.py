@@ -204,6 +204,8 @@ class LocalSource(_Consuming):
         super().__init__(transport)
         self._consumed: dict[str, str] = {}  # local channel -> consumer tag
         self._pausing: asyncio.Future[None] | None = None
+        # Deliveries of local channels' own queues waiting for room in their buffer.
+        self._held: list[Delivery] = []
 
     async def fetch(self, count: int) -> list[Fetched]:
         transport = self.transport
@@ -214,14 +216,55 @@ class LocalSource(_Consuming):
                 await pausing
             if not self._usable():
                 self._consumed = {}
+                self._held = []
                 _, deliveries = await self._start(layer.local_batch)
                 await transport.ensure_inbox(layer.inbox, force=True)
                 self.tags[await deliveries.consume(layer.inbox, auto_ack=True)] = ""
-            _, deliveries = await self._start(layer.local_batch)
+            channel, deliveries = await self._start(layer.local_batch)
             await self._follow(deliveries)
-            await self._wait(deliveries)
+            if not self._fileable():
+                await self._wait(deliveries)
             items, deliveries.items = deliveries.items, []
-        return self._open(items)
+            # A channel's own queue is acked only as its buffer has room: the rest waits
+            # unacked (the broker holds it), and the queue keeps the channel's capacity.
+            direct = [*self._held, *(d for d in items if self.tags.get(d.consumer))]
+            take, self._held = self._room(direct)
+            if take:
+                for delivery in take:
+                    channel.raw.basic_ack(delivery.tag)
+                await channel.basic_qos(layer.local_batch)
+        inbox = [d for d in items if self.tags.get(d.consumer) == ""]
+        return self._open(inbox) + self._open(take)
+
+    def _room(self, direct: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
+        layer = self.transport.layer
+        buffer = layer._buffer
+        room: dict[str, int] = {}
+        take: list[Delivery] = []
+        held: list[Delivery] = []
+        for delivery in direct:
+            name = self.tags.get(delivery.consumer)
+            if name is None:
+                continue  # its consumer was cancelled: the broker has it back
+            if name not in room:
+                room[name] = layer.get_capacity(name) - buffer.size(name)
+            if room[name] > 0:
+                room[name] -= 1
+                take.append(delivery)
+            else:
+                held.append(delivery)
+        return take, held
+
+    def _fileable(self) -> bool:
+        """Whether a held delivery now has room (a receive took from its buffer)."""
+        if not self._held:
+            return False
+        layer = self.transport.layer
+        return any(
+            layer._buffer.size(name) < layer.get_capacity(name)
+            for name in {self.tags.get(d.consumer) for d in self._held}
+            if name is not None
+        )
 
     async def _follow(self, deliveries: Deliveries) -> None:
         """Consume the queue of every local channel that has one (its inbox said so) and
@@ -247,7 +290,9 @@ class LocalSource(_Consuming):
             # to it did that.
             queue = layer.queue_of(name)
             await deliveries.channel.queue_declare(queue, arguments=layer.queue_arguments(name))
-            tag = await deliveries.consume(queue, auto_ack=True)
+            # At most its capacity in flight to us, unacked until its buffer has room.
+            await deliveries.channel.basic_qos(layer.get_capacity(name))
+            tag = await deliveries.consume(queue)
             self._consumed[name] = tag
             self.tags[tag] = name
 
@@ -256,19 +301,24 @@ class LocalSource(_Consuming):
             self._pausing = asyncio.ensure_future(self._pause())
 
     async def _pause(self) -> None:
-        """Cancel every consumer, file what was still on its way, close the channel:
-        with automatic acks, what the broker sent is ours, and must not be dropped."""
+        """Cancel every consumer, file what the inbox still had on its way, close the
+        channel: with automatic acks, what the broker sent is ours, and must not be
+        dropped."""
         channel, deliveries = self.channel, self.deliveries
         try:
             if channel is not None and deliveries is not None and channel.is_open:
                 for tag in list(self.tags):
                     await channel.basic_cancel(tag)
                 items, deliveries.items = deliveries.items, []
-                self.transport.layer._file(self._open(items), True)
+                # The inbox's (acked on delivery) are ours; the channels' own queues'
+                # were never acked and go back to their queues as the channel closes.
+                inbox = [d for d in items if self.tags.get(d.consumer) == ""]
+                self.transport.layer._file(self._open(inbox), True)
         except Exception as exc:
             logger.debug("pausing the local consuming channel: %s", exc)
         finally:
             self._consumed = {}
+            self._held = []
             _Consuming.release(self)
 
     async def aclose(self) -> None:
