@@ -95,8 +95,10 @@ class AmqpChannelLayer(NetworkLayer):
         # Local channels of this instance that have a queue (someone sent to them
         # directly), as the inbox told: consumed while receives want them.
         self.direct: set[str] = set()
-        # One event loop per instance runs the lease janitor (layers/amqp/leases.py).
+        # One event loop per instance runs the lease janitor (layers/amqp/leases.py), and
+        # one consumes the instance's inbox and local channels' queues.
         self.janitor = Duty()
+        self.local_duty = Duty()
 
     # -- names -----------------------------------------------------------------------------
 

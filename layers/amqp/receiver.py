@@ -94,6 +94,9 @@ class _Consuming:
         """End the current wait for deliveries (something else needs looking at)."""
         if self.deliveries is not None:
             self.deliveries.nudge()
+        idle = getattr(self, "_idle", None)
+        if idle is not None:
+            idle.set()
 
     def release(self) -> None:
         """Close the channel: the broker takes back whatever it delivered us unacked."""
@@ -206,10 +209,19 @@ class LocalSource(_Consuming):
         self._pausing: asyncio.Future[None] | None = None
         # Deliveries of local channels' own queues waiting for room in their buffer.
         self._held: list[Delivery] = []
+        self._idle = asyncio.Event()
 
     async def fetch(self, count: int) -> list[Fetched]:
         transport = self.transport
         layer = transport.layer
+        if not layer.local_duty.claim(transport.loop):
+            # Another event loop of this instance consumes its queues, into the buffer
+            # every loop's receivers share: one consumer keeps the inbox's order (a
+            # membership before the group messages that need it) and each queue's.
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), _WAIT)
+            return []
         with transport.boundary:
             pausing, self._pausing = self._pausing, None
             if pausing is not None:
@@ -297,8 +309,11 @@ class LocalSource(_Consuming):
             self.tags[tag] = name
 
     def release(self) -> None:
-        if self._usable() and self._pausing is None:
-            self._pausing = asyncio.ensure_future(self._pause())
+        if self._usable():
+            if self._pausing is None:
+                self._pausing = asyncio.ensure_future(self._pause())
+        else:
+            self.transport.layer.local_duty.release(self.transport.loop)
 
     async def _pause(self) -> None:
         """Cancel every consumer, file what the inbox still had on its way, close the
@@ -320,6 +335,7 @@ class LocalSource(_Consuming):
             self._consumed = {}
             self._held = []
             _Consuming.release(self)
+            self.transport.layer.local_duty.release(self.transport.loop)
 
     async def aclose(self) -> None:
         pausing, self._pausing = self._pausing, None
@@ -330,6 +346,7 @@ class LocalSource(_Consuming):
             await self._pause()
         else:
             _Consuming.release(self)
+            self.transport.layer.local_duty.release(self.transport.loop)
 
     def _open(self, items: list[Delivery]) -> list[Fetched]:
         layer = self.transport.layer
