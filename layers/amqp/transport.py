@@ -369,11 +369,7 @@ class Transport:
 
     async def close(self) -> None:
         janitor, self._janitor = self._janitor, None
-        if janitor is not None:
-            janitor.cancel()
-            with contextlib.suppress(BaseException):
-                await janitor
-            self.layer.janitor.release(self.loop)
+        await self.layer.janitor.end(self.loop, janitor)
         sources = list(self._sources.values())
         self._sources.clear()
         for source in sources:

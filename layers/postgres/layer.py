@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -279,6 +278,7 @@ class PostgresChannelLayer(NetworkLayer):
             async with self._transport().connections().connection() as conn:
                 await self._create_schema(conn)
 
+
 class _Transport:
     """The pool and the listener of one layer instance in one event loop."""
 
@@ -460,11 +460,7 @@ class _Transport:
 
     async def close(self) -> None:
         janitor, self._janitor = self._janitor, None
-        if janitor is not None:
-            janitor.cancel()
-            with contextlib.suppress(BaseException):
-                await janitor
-            self.layer.janitor.release(self.loop)
+        await self.layer.janitor.end(self.loop, janitor)
         await self.sends.close()
         await self.listener.close()
         pool, self._pool = self._pool, None

@@ -186,3 +186,12 @@ class Duty:
         with self._lock:
             if self._loop is loop:
                 self._loop = None
+
+    async def end(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None] | None) -> None:
+        """Stop ``task``, the duty's work in ``loop``, and let another loop take it on."""
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        self.release(loop)
