@@ -97,8 +97,12 @@ class Transport:
                 self._janitor = self.loop.create_task(self.leases.run())
             return connection
 
-    async def retrying(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` (safe to repeat), again on a new connection if it was lost."""
+    async def retrying(
+        self, work: Callable[[], Awaitable[T]], *, sent: Callable[[], bool] | None = None
+    ) -> T:
+        """Run ``work`` again, with backoff within ``retry_timeout``, when its connection
+        was lost: always if it is safe to repeat, else only while ``sent()`` says nothing
+        reached the broker yet."""
         deadline = time.monotonic() + self.layer.retry_timeout
         delay = _FIRST_BACKOFF
         while True:
@@ -106,7 +110,7 @@ class Transport:
                 with self.boundary:
                     return await work()
             except BackendUnavailable:
-                if time.monotonic() + delay > deadline:
+                if (sent is not None and sent()) or time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, _MAX_BACKOFF)
@@ -164,58 +168,51 @@ class Transport:
         if inbox is not None:
             await self.declare_queue(inbox, layer.inbox_arguments())
         arguments = layer.queue_arguments(channel)
-        deadline = time.monotonic() + layer.retry_timeout
-        delay = _FIRST_BACKOFF
-        while True:
+        written = False
+
+        async def deliver() -> Verdict:
+            nonlocal written
             written = False
-            try:
-                with self.boundary:
-                    publisher = await self._publishing()
-                    async with publisher.slots:
-                        raw = publisher.channel.raw
-                        declared = publisher.channel.start(
-                            raw.queue_declare, queue, durable=True, arguments=arguments
-                        )
-                        written = True
-                        # Named in the registry in the same round trip (flush reads it).
-                        registered = (
-                            publisher.begin(
-                                "", layer.registry, queue.encode(), pika.BasicProperties()
-                            )
-                            if first
-                            else None
-                        )
-                        verdict = publisher.begin(
-                            "", queue, body, pika.BasicProperties(), mandatory=True
-                        )
-                        told = (
-                            publisher.begin(
-                                "",
-                                inbox,
-                                envelope.pack(envelope.QUEUE, 0.0, channel.encode(), "-"),
-                                pika.BasicProperties(),
-                            )
-                            if inbox is not None
-                            else None
-                        )
-                        try:
-                            await declared
-                        except BaseException:
-                            # The refusal closed the channel: the verdict fails with it.
-                            verdict.add_done_callback(_retrieve)
-                            raise
-                        result = await verdict
-                        if registered is not None:
-                            await registered
-                        if told is not None:
-                            await told
-                layer.declared[queue] = time.monotonic()
-                return result
-            except BackendUnavailable:
-                if written or time.monotonic() + delay > deadline:
+            publisher = await self._publishing()
+            async with publisher.slots:
+                raw = publisher.channel.raw
+                declared = publisher.channel.start(
+                    raw.queue_declare, queue, durable=True, arguments=arguments
+                )
+                written = True
+                # Named in the registry in the same round trip (flush reads it).
+                registered = (
+                    publisher.begin("", layer.registry, queue.encode(), pika.BasicProperties())
+                    if first
+                    else None
+                )
+                verdict = publisher.begin("", queue, body, pika.BasicProperties(), mandatory=True)
+                told = (
+                    publisher.begin(
+                        "",
+                        inbox,
+                        envelope.pack(envelope.QUEUE, 0.0, channel.encode(), "-"),
+                        pika.BasicProperties(),
+                    )
+                    if inbox is not None
+                    else None
+                )
+                try:
+                    await declared
+                except BaseException:
+                    # The refusal closed the channel: the verdict fails with it.
+                    verdict.add_done_callback(_retrieve)
                     raise
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, _MAX_BACKOFF)
+                result = await verdict
+                if registered is not None:
+                    await registered
+                if told is not None:
+                    await told
+                return result
+
+        result = await self.retrying(deliver, sent=lambda: written)
+        layer.declared[queue] = time.monotonic()
+        return result
 
     async def ensure_queue(self, channel: str, *, force: bool = False) -> None:
         layer = self.layer
@@ -283,22 +280,18 @@ class Transport:
         before it was written is tried again; one lost after raises BackendUnavailable
         (it may or may not have been stored, and is never stored twice)."""
         properties = pika.BasicProperties()
-        deadline = time.monotonic() + self.layer.retry_timeout
-        delay = _FIRST_BACKOFF
-        while True:
+        written = False
+
+        async def publish() -> Verdict:
+            nonlocal written
             written = False
-            try:
-                with self.boundary:
-                    publisher = await self._publishing()
-                    written = True
-                    return await publisher.publish(
-                        exchange, routing_key, body, properties, mandatory=mandatory
-                    )
-            except BackendUnavailable:
-                if written or time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, _MAX_BACKOFF)
+            publisher = await self._publishing()
+            written = True
+            return await publisher.publish(
+                exchange, routing_key, body, properties, mandatory=mandatory
+            )
+
+        return await self.retrying(publish, sent=lambda: written)
 
     # -- receiving -------------------------------------------------------------------------
 
