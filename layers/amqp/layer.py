@@ -14,6 +14,7 @@ from channels.exceptions import ChannelFull
 
 from layers.amqp import envelope
 from layers.amqp.calls import Verdict
+from layers.amqp.doubts import Doubts
 from layers.amqp.transport import Transport
 from layers.base import Message, int_option, seconds_option
 from layers.errors import ConfigurationError, ServerError
@@ -99,6 +100,8 @@ class AmqpChannelLayer(NetworkLayer):
         # one consumes the instance's inbox and local channels' queues.
         self.janitor = Duty()
         self.local_duty = Duty()
+        # What this instance's own queues handed out before their acks were confirmed.
+        self.doubts = Doubts()
 
     # -- names -----------------------------------------------------------------------------
 

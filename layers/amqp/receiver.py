@@ -1,21 +1,25 @@
-"""RabbitMQ's part of receiving: consumers, pushed to by the broker.
+"""RabbitMQ's part of receiving: consumers, pushed to by the broker, all with manual acks.
 
 - :class:`PlainSource`: ordinary channels, which other processes may read too. One
-  consumer per queue with manual acks and a prefetch of the receivers waiting (plus
-  ``prefetch``), so competing processes share a channel. A fetch acks what it takes and
-  then makes one synchronous call on the same channel (``basic.qos``): the broker handles
-  a channel's frames in order, so when that call returns the acks are settled, and only
-  then are the messages handed to the receive runtime. A connection lost before that
-  returns nothing: the broker gives the unsettled messages to another consumer, and a
-  message is never delivered twice. Deliveries beyond what a fetch takes are rejected back
-  to their queue. Between receive loops the consumers stay a moment (a receiver usually
-  comes straight back), then are cancelled and what they held goes back, in order.
-- :class:`LocalSource`: this instance's process-local channels, which nobody else reads:
-  its inbox (group messages, fanned out here to the local members, and membership changes)
-  and the queue of each local channel a receive waits on (direct sends). Consumed with
-  automatic acks (what arrives is this instance's: no round trip per batch); when its
-  receive loop stops, or its event loop closes, the consumers are cancelled first and what
-  was still on its way is filed before the channel closes.
+  consumer per queue with a prefetch of the receivers waiting (plus ``prefetch``), so
+  competing processes share a channel. A fetch acks what it takes and then makes one
+  synchronous call on the same channel (``basic.qos``): the broker handles a channel's
+  frames in order, so when that call returns the acks are settled, and only then are the
+  messages handed to the receive runtime. If the connection goes before that, the fetch
+  hands out nothing: had the acks not reached the broker, it gives the messages to any
+  consumer, in any process, so handing them out could deliver them twice; had they, the
+  messages are lost (at most once; tests/amqp/test_faults.py measures that window).
+  Deliveries beyond what a fetch takes are rejected back to their queue. Between receive
+  loops the consumers stay a moment (a receiver usually comes straight back), then are
+  cancelled and what they held goes back, in order.
+- :class:`LocalSource`: this instance's own queues, which nobody else reads: its inbox
+  (group messages, fanned out here to the local members, membership changes, notices of
+  new queues) and the queue of each local channel a receive waits on (direct sends). A
+  fetch acks and hands out at once, with a barrier behind the acks that settles them in
+  the instance's ledger of doubts (doubts.py): a connection lost in between makes the
+  broker deliver again, to this instance, only what it had not handed out, or what the
+  ledger recognises and drops. When the receive loop stops, or its event loop closes, the
+  channel closes and the broker takes back, in order, what was not acked.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from typing import TYPE_CHECKING
 
 from layers.amqp import envelope
-from layers.amqp.calls import Channel, Deliveries, Delivery
+from layers.amqp.calls import Channel, Closed, Deliveries, Delivery
 from layers.runtime import Fetched
 
 if TYPE_CHECKING:
@@ -206,7 +210,6 @@ class LocalSource(_Consuming):
     def __init__(self, transport: Transport) -> None:
         super().__init__(transport)
         self._consumed: dict[str, str] = {}  # local channel -> consumer tag
-        self._pausing: asyncio.Future[None] | None = None
         # Deliveries of local channels' own queues waiting for room in their buffer.
         self._held: list[Delivery] = []
         self._idle = asyncio.Event()
@@ -223,30 +226,63 @@ class LocalSource(_Consuming):
                 await asyncio.wait_for(self._idle.wait(), _WAIT)
             return []
         with transport.boundary:
-            pausing, self._pausing = self._pausing, None
-            if pausing is not None:
-                await pausing
             if not self._usable():
                 self._consumed = {}
                 self._held = []
                 _, deliveries = await self._start(layer.local_batch)
                 await transport.ensure_inbox(layer.inbox, force=True)
-                self.tags[await deliveries.consume(layer.inbox, auto_ack=True)] = ""
+                self.tags[await deliveries.consume(layer.inbox)] = ""
             channel, deliveries = await self._start(layer.local_batch)
             await self._follow(deliveries)
             if not self._fileable():
                 await self._wait(deliveries)
             items, deliveries.items = deliveries.items, []
+            fresh, again = self._sort(items)
             # A channel's own queue is acked only as its buffer has room: the rest waits
             # unacked (the broker holds it), and the queue keeps the channel's capacity.
-            direct = [*self._held, *(d for d in items if self.tags.get(d.consumer))]
+            direct = [*self._held, *(d for d in fresh if self.tags.get(d.consumer))]
             take, self._held = self._room(direct)
-            if take:
-                for delivery in take:
-                    channel.raw.basic_ack(delivery.tag)
-                await channel.basic_qos(layer.local_batch)
-        inbox = [d for d in items if self.tags.get(d.consumer) == ""]
+            inbox = [d for d in fresh if self.tags.get(d.consumer) == ""]
+            if take or inbox or again:
+                self._settle_later(channel, [*inbox, *take], again)
         return self._open(inbox) + self._open(take)
+
+    def _sort(self, items: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
+        """Split off the redeliveries of what was handed out already (see doubts.py)."""
+        doubts = self.transport.layer.doubts
+        if not len(doubts):
+            return items, []
+        wall = time.time()
+        fresh: list[Delivery] = []
+        again: list[Delivery] = []
+        for delivery in items:
+            if delivery.redelivered and doubts.redelivered(delivery.body, wall):
+                again.append(delivery)
+            else:
+                fresh.append(delivery)
+        return fresh, again
+
+    def _settle_later(self, channel: Channel, taken: list[Delivery], again: list[Delivery]) -> None:
+        """Ack, and hand out without waiting: the barrier behind the acks settles them in
+        the ledger when it answers (only this instance consumes these queues)."""
+        layer = self.transport.layer
+        if not channel.is_open:
+            # None of this is handed out: the broker delivers it all again. Past here
+            # nothing can fail or yield, so what is acked is handed out.
+            raise Closed("the consuming channel closed")
+        for delivery in (*taken, *again):
+            channel.raw.basic_ack(delivery.tag)
+        barrier = channel.start(channel.raw.basic_qos, prefetch_count=layer.local_batch)
+
+        def settled(future: asyncio.Future[object]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                layer.doubts.orphan(token)
+            else:
+                layer.doubts.settle(token)
+
+        until = time.time() + float(layer.expiry) + 1.0
+        token = layer.doubts.hold([(delivery.body, until) for delivery in taken])
+        barrier.add_done_callback(settled)
 
     def _room(self, direct: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
         layer = self.transport.layer
@@ -309,44 +345,15 @@ class LocalSource(_Consuming):
             self.tags[tag] = name
 
     def release(self) -> None:
-        if self._usable():
-            if self._pausing is None:
-                self._pausing = asyncio.ensure_future(self._pause())
-        else:
-            self.transport.layer.local_duty.release(self.transport.loop)
-
-    async def _pause(self) -> None:
-        """Cancel every consumer, file what the inbox still had on its way, close the
-        channel: with automatic acks, what the broker sent is ours, and must not be
-        dropped."""
-        channel, deliveries = self.channel, self.deliveries
-        try:
-            if channel is not None and deliveries is not None and channel.is_open:
-                for tag in list(self.tags):
-                    await channel.basic_cancel(tag)
-                items, deliveries.items = deliveries.items, []
-                # The inbox's (acked on delivery) are ours; the channels' own queues'
-                # were never acked and go back to their queues as the channel closes.
-                inbox = [d for d in items if self.tags.get(d.consumer) == ""]
-                self.transport.layer._file(self._open(inbox), True)
-        except Exception as exc:
-            logger.debug("pausing the local consuming channel: %s", exc)
-        finally:
-            self._consumed = {}
-            self._held = []
-            _Consuming.release(self)
-            self.transport.layer.local_duty.release(self.transport.loop)
+        """Close the channel: the broker takes back what it delivered and was not acked,
+        in order, for whichever loop consumes next (acks written before it go first)."""
+        self._consumed = {}
+        self._held = []
+        _Consuming.release(self)
+        self.transport.layer.local_duty.release(self.transport.loop)
 
     async def aclose(self) -> None:
-        pausing, self._pausing = self._pausing, None
-        if pausing is not None:
-            with contextlib.suppress(BaseException):
-                await pausing
-        elif self._usable():
-            await self._pause()
-        else:
-            _Consuming.release(self)
-            self.transport.layer.local_duty.release(self.transport.loop)
+        self.release()
 
     def _open(self, items: list[Delivery]) -> list[Fetched]:
         layer = self.transport.layer
