@@ -35,6 +35,17 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 _LISTENING = re.compile(r"Listening on TCP address 127\.0\.0\.1:(\d+)")
+#: Straight to loopback, whatever proxy the environment names.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 15.0) -> tuple[int, bytes]:
+    """GET ``url`` on loopback: (status, body), error statuses included."""
+    try:
+        with _OPENER.open(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def _die_with_parent() -> None:
@@ -187,13 +198,10 @@ class Site:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                timeout = max(0.5, deadline - time.monotonic())
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    if response.status == 200:
-                        return
-                    last = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}: {exc.read()[:300]!r}"
+                status, body = http_get(url, timeout=max(0.5, deadline - time.monotonic()))
+                if status == 200:
+                    return
+                last = f"HTTP {status}: {body[:300]!r}"
             except OSError as exc:
                 last = repr(exc)
             time.sleep(0.1)
