@@ -180,9 +180,9 @@ async def test_a_message_reaches_every_member_on_both_servers_once(
     assert_no_duplicates(clients)
     for client in clients:
         assert sorted(client.texts) == sorted(everything), client.name
-        for sender, batch in texts.items():
-            heard = [t for t in client.texts if t.startswith(sender + "-")]
-            assert heard == batch, f"{client.name} heard {sender}'s messages out of order"
+        for name, batch in texts.items():
+            heard = [t for t in client.texts if t.startswith(name + "-")]
+            assert heard == batch, f"{client.name} heard {name}'s messages out of order"
     assert stranger.texts == []
 
 
@@ -315,12 +315,15 @@ async def recovery_after(clients: list[Client], chatter: Chatter, since: float) 
 
 
 async def chat_through(
-    fault_name: str, site: Site, clients: list[Client], fault: Any
+    fault_name: str,
+    site: Site,
+    clients: list[Client],
+    fault: Callable[[], Awaitable[dict[str, float]]],
 ) -> dict[str, float]:
-    """Chat on both servers while ``fault()`` runs; the times it returns (``since``, when
-    the chat should work again, and any others to report), the recovery, and then: every
-    socket still open, everything said afterwards heard by all exactly once, nothing heard
-    twice, the worker and the push view working."""
+    """Chat on both servers while ``fault()`` runs. ``fault`` returns ``since`` (from when
+    the chat should work again) and anything else to report. Measures the recovery from
+    ``since``, then checks every socket still open, everything said afterwards heard by all
+    exactly once, nothing heard twice, the worker and the push view working."""
     senders = [clients[0], clients[-1]]
     chatter = Chatter(senders)
     await wait_all_heard(clients, [f"{s.name}-0" for s in senders])
@@ -329,9 +332,10 @@ async def chat_through(
     recovery = await recovery_after(clients, chatter, times.pop("since"))
     await asyncio.sleep(0.5)
     await chatter.stop()
+    # Times (keys ending in _s) are reported from when the fault began; the rest as given.
     report = {
         "recovery_s": round(recovery, 3),
-        **{k: round(v - started, 3) for k, v in times.items()},
+        **{k: round(v - started, 3) if k.endswith("_s") else v for k, v in times.items()},
     }
     print(f"\n{site.backend} {fault_name}: {report}")
     closed = [c.name for c in clients if not c.open_]
@@ -369,7 +373,7 @@ async def test_the_chat_recovers_from_cut_server_connections(
         # At least one for each of the three processes.
         assert killed >= 3, f"only {killed} of {before} connections of the site were cut"
         # The chat is measured from the last cut (closing RabbitMQ's takes seconds).
-        return {"since": time.monotonic(), "cut_done_s": time.monotonic()}
+        return {"since": time.monotonic(), "cut_done_s": time.monotonic(), "cut": killed}
 
     await chat_through("connections cut", site, clients, cut)
 
