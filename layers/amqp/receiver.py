@@ -44,6 +44,8 @@ logger = logging.getLogger("layers.amqp")
 _WAIT = 1.0
 #: Seconds a local channel's consumer stays after its last receive asked for it.
 _IDLE_CONSUMER = 60.0
+#: Seconds between two sweeps of idle local channels' consumers.
+_SWEEP = 1.0
 #: Seconds an ordinary channel's consumers stay after their receive loop stopped.
 _GRACE = 0.05
 
@@ -210,6 +212,8 @@ class LocalSource(_Consuming):
     def __init__(self, transport: Transport) -> None:
         super().__init__(transport)
         self._consumed: dict[str, str] = {}  # local channel -> consumer tag
+        self._qos = 0  # the prefetch the channel gives the next consumer it starts
+        self._swept = 0.0
         # Deliveries of local channels' own queues waiting for room in their buffer.
         self._held: list[Delivery] = []
         self._idle = asyncio.Event()
@@ -230,6 +234,7 @@ class LocalSource(_Consuming):
                 self._consumed = {}
                 self._held = []
                 _, deliveries = await self._start(layer.local_batch)
+                self._qos = layer.local_batch
                 await transport.ensure_inbox(layer.inbox, force=True)
                 self.tags[await deliveries.consume(layer.inbox)] = ""
             channel, deliveries = await self._start(layer.local_batch)
@@ -272,7 +277,7 @@ class LocalSource(_Consuming):
             raise Closed("the consuming channel closed")
         for delivery in (*taken, *again):
             channel.raw.basic_ack(delivery.tag)
-        barrier = channel.start(channel.raw.basic_qos, prefetch_count=layer.local_batch)
+        barrier = channel.start(channel.raw.basic_qos, prefetch_count=self._qos)
 
         def settled(future: asyncio.Future[object]) -> None:
             if future.cancelled() or future.exception() is not None:
@@ -316,33 +321,45 @@ class LocalSource(_Consuming):
 
     async def _follow(self, deliveries: Deliveries) -> None:
         """Consume the queue of every local channel that has one (its inbox said so) and
-        that a receive asked for lately; stop consuming those nobody asked for in a while,
-        so that their queues can expire."""
-        transport = self.transport
-        layer = transport.layer
+        that a receive asked for lately; once a second, stop consuming those nobody asked
+        for in a while, so that their queues can expire, and forget them."""
+        layer = self.transport.layer
         now = time.monotonic()
-        idle = max(_IDLE_CONSUMER, 2 * float(layer.expiry))
-        for name, tag in list(self._consumed.items()):
-            if now - layer.wanted.get(name, 0.0) > idle:
-                del self._consumed[name]
-                layer.direct.discard(name)
-                layer.wanted.pop(name, None)
-                await deliveries.channel.basic_cancel(tag)
-        for name in list(layer.direct):
-            if name in self._consumed:
-                continue
-            if now - layer.wanted.get(name, 0.0) > idle:
-                layer.direct.discard(name)
-                continue
+        if now - self._swept >= _SWEEP:
+            self._swept = now
+            await self._sweep(deliveries.channel, now - max(_IDLE_CONSUMER, 2 * layer.expiry))
+        # Every consumed channel is in direct: equal sizes mean nothing new (O(1) a fetch
+        # with thousands of channels).
+        if len(self._consumed) == len(layer.direct):
+            return
+        for name in layer.direct - self._consumed.keys():
             # Declared (a flush may have removed it since), not registered: whoever sent
             # to it did that.
             queue = layer.queue_of(name)
             await deliveries.channel.queue_declare(queue, arguments=layer.queue_arguments(name))
-            # At most its capacity in flight to us, unacked until its buffer has room.
-            await deliveries.channel.basic_qos(layer.get_capacity(name))
+            # At most its capacity in flight to us, unacked until its buffer has room
+            # (basic.qos applies to the consumers started after it).
+            capacity = layer.get_capacity(name)
+            if capacity != self._qos:
+                await deliveries.channel.basic_qos(capacity)
+                self._qos = capacity
             tag = await deliveries.consume(queue)
             self._consumed[name] = tag
             self.tags[tag] = name
+
+    async def _sweep(self, channel: Channel, cutoff: float) -> None:
+        layer = self.transport.layer
+        for name, when in list(layer.wanted.items()):
+            if when >= cutoff:
+                continue
+            layer.wanted.pop(name, None)
+            layer.direct.discard(name)
+            tag = self._consumed.pop(name, None)
+            if tag is not None:
+                await channel.basic_cancel(tag)
+        # A notice for a channel no receive has asked for lately (or ever): forgotten.
+        for name in layer.direct - layer.wanted.keys():
+            layer.direct.discard(name)
 
     def release(self) -> None:
         """Close the channel: the broker takes back what it delivered and was not acked,
