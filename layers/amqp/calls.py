@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -46,6 +47,31 @@ def _closed(reason: BaseException | str) -> Closed:
     if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
         return Refused(reason)
     return Closed(reason)
+
+
+#: The largest prefetch count AMQP can carry (basic.qos has a 16-bit field).
+MAX_PREFETCH = 65535
+
+
+def _coalesce_writes(raw: AsyncioConnection) -> None:
+    """pika writes each frame it buffered with a send() of its own, three system calls a
+    publish (method, header, body), when the socket is next writable. Join what is
+    buffered at that moment into one send: same bytes, same order, fewer calls (each
+    ~10 us on loopback here). A pika whose transport lacks these internals is left alone."""
+    transport: Any = getattr(raw, "_transport", None)
+    produce = getattr(transport, "_produce", None)
+    if produce is None or not isinstance(getattr(transport, "_tx_buffers", None), deque):
+        return
+
+    def joined() -> None:
+        buffers = transport._tx_buffers
+        if len(buffers) > 1:
+            data = b"".join(buffers)
+            buffers.clear()
+            buffers.append(data)
+        produce()
+
+    transport._produce = joined
 
 
 class Connection:
@@ -90,6 +116,7 @@ class Connection:
         except BaseException:
             connection.abandon()
             raise
+        _coalesce_writes(raw)
         return connection
 
     @property
@@ -243,8 +270,8 @@ class Channel:
     async def basic_qos(self, prefetch_count: int) -> None:
         """Also a barrier: when it returns, the broker has handled every frame sent on
         this channel before it (acks included), since a channel's frames are handled in
-        order."""
-        await self.call(self.raw.basic_qos, prefetch_count=prefetch_count)
+        order. AMQP carries the count in 16 bits: a larger one becomes 65,535."""
+        await self.call(self.raw.basic_qos, prefetch_count=min(prefetch_count, MAX_PREFETCH))
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         await self.call(self.raw.basic_cancel, consumer_tag)

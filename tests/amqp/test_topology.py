@@ -168,3 +168,19 @@ async def test_a_process_that_only_receives_gets_its_messages(
         await receiver.flush()
         await receiver.close()
         await sender.close()
+
+
+async def test_a_capacity_beyond_amqps_prefetch_field(shared_amqp: str, prefix: str) -> None:
+    """basic.qos carries its count in 16 bits: a capacity above 65,535 still receives, on
+    ordinary and process-local channels (the local consumer's prefetch is its channel's
+    capacity; it once failed to encode and stopped the receive loop)."""
+    layer = AmqpChannelLayer(url=shared_amqp, prefix=prefix, capacity=100_000)
+    try:
+        local = await layer.new_channel()
+        for channel in ("big", local):
+            await layer.send(channel, {"type": "m", "to": channel})
+            got = await asyncio.wait_for(layer.receive(channel), 10)
+            assert got == {"type": "m", "to": channel}
+    finally:
+        await layer.flush()
+        await layer.close()
