@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +36,25 @@ class ConnectFailed(psycopg.OperationalError):
     """No connection could be made: nothing was sent, so a statement may be tried again."""
 
 
+def _hung_up(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has spoken on an idle connection: it says nothing unasked (no
+    pooled connection LISTENs), so input there is its goodbye (a FATAL, end of file or a
+    reset). Such a connection is dropped before a statement goes out on it: after an
+    immediate shutdown, a crash or a reset the goodbye is often lost, the statement's
+    failure looks like any lost connection, and a send or group_send (not repeatable once
+    sent) would fail although it certainly never ran."""
+    try:
+        fileno = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    if hasattr(select, "poll"):  # select.select cannot take descriptors past FD_SETSIZE
+        poller = select.poll()
+        poller.register(fileno, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fileno], [], [], 0)
+    return bool(readable)
+
+
 class Connections:
     def __init__(self, connect: dict[str, Any], size: int) -> None:
         self._connect = connect
@@ -50,6 +70,8 @@ class Connections:
                 candidate = self._idle.pop()
                 if candidate.closed:
                     self._open.discard(candidate)
+                elif _hung_up(candidate):
+                    await self._discard(candidate)
                 else:
                     conn = candidate
             if conn is None:
