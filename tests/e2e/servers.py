@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,22 @@ class PrivateServer:
             PRIVATE_NODES[self.url] = self.server.node
         return self
 
-    def restart(self) -> None:
-        self.server.restart()
+    def restart(self, crash: bool = False) -> None:
+        """Stop and start again on the same port and data. ``crash``: with no chance to
+        save or say goodbye (Redis is always stopped so; PostgreSQL's immediate shutdown,
+        RabbitMQ's SIGKILL)."""
+        if self.backend == "postgres" and crash:
+            from tests.postgres.harness import query
+
+            # Commits are asynchronous (synchronous_commit = off): what the layer stored
+            # a moment ago is on disk once the WAL is, which a crash does not wait for.
+            query(self.url, "CHECKPOINT")
+            self.server.restart(how=signal.SIGQUIT)
+        elif self.backend == "amqp" and crash:
+            self.server.kill()
+            self.server.start()
+        else:
+            self.server.restart()
 
     def remove(self) -> None:
         if self.server is None:
