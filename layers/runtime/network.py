@@ -17,17 +17,31 @@ nothing the loops fetched.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Protocol
 
 from layers.base import BaseLayer, Message
 from layers.queues import LocalQueues
+from layers.runtime.home import Home, one_call_loop
 from layers.runtime.loops import PerLoop, Turn
 from layers.runtime.receiver import Fetched, ReceiveLoop, Source
 
 logger = logging.getLogger("layers")
+
+#: Calls made from a loop ``async_to_sync`` made for them run in the instance's home loop
+#: (layers/runtime/home.py), on connections kept from one call to the next. Receives stay
+#: in their own loop: a receive is cancelled as its caller gives up, and a message taken
+#: in another loop just then would have nobody to go to.
+HOMED = ("send", "group_add", "group_discard", "group_send", "flush")
+#: Of those, the calls whose second argument is a message, copied before it changes hands
+#: (the contract's copy at send time: the caller's loop runs on while the home loop sends).
+_MESSAGE_CALLS = ("send", "group_send")
+
+AsyncMethod = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class Transport(Protocol):
@@ -102,6 +116,28 @@ class LoopState:
         self.transport.abandon()
 
 
+def _homed(name: str, method: AsyncMethod) -> AsyncMethod:
+    """``method``, run in the home loop when called from a one-call loop."""
+    copies = name in _MESSAGE_CALLS
+
+    @functools.wraps(method)
+    async def call(self: NetworkLayer, *args: Any, **kwargs: Any) -> Any:
+        if not one_call_loop():
+            return await method(self, *args, **kwargs)
+        if copies:
+            try:
+                if len(args) > 1:
+                    args = (args[0], copy.deepcopy(args[1]), *args[2:])
+                elif "message" in kwargs:
+                    kwargs["message"] = copy.deepcopy(kwargs["message"])
+            except Exception:
+                pass  # not copyable, so not serialisable: the call raises TypeError for it
+        return await self._home.run(method(self, *args, **kwargs))
+
+    call._homed = True  # type: ignore[attr-defined]
+    return call
+
+
 class NetworkLayer(BaseLayer):
     """Base of layers whose messages live on a server. See the module docstring."""
 
@@ -111,9 +147,20 @@ class NetworkLayer(BaseLayer):
     local_batch: int = 100
     #: Seconds a draining receive loop runs on after its last receiver left.
     linger: float = 10.0
+    #: Seconds the home loop (and its connections) outlives the last call handed to it.
+    home_idle: float = 60.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Done here, once for every backend, so a backend writes its calls plainly.
+        for name in HOMED:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_homed", False):
+                setattr(cls, name, _homed(name, method))
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
+        self._home = Home(f"{self.prefix}.{self.client_prefix}", self.home_idle)
         self._buffer: LocalQueues[bytes] = LocalQueues(
             clock=time.monotonic, sweep_interval=max(float(self.expiry), 1.0)
         )
@@ -234,4 +281,7 @@ class NetworkLayer(BaseLayer):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def close(self) -> None:
+        # The home loop first: it ends once its calls in flight are done, closing its
+        # connections in its own thread; the other loops' states are closed after.
+        await self._home.close()
         await self._loops.close()

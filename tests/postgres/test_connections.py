@@ -1,4 +1,5 @@
-"""Connections belong to an event loop and go away with it; one instance in one loop holds
+"""Connections belong to an event loop and go away with it (the home loop's, which serves
+``async_to_sync`` calls, with close()); one instance in one loop holds
 at most ``pool_size`` pooled connections plus its one LISTEN connection.
 
 Each test's connections carry its prefix as ``application_name``, so the counts below are
@@ -63,25 +64,20 @@ def count_back_to(dsn: str, name: str, expected: int) -> Callable[[], bool]:
     return lambda: len(backends(dsn, name)) == expected
 
 
-def test_async_to_sync_calls_leave_no_connections(
+def test_async_to_sync_calls_share_the_home_loops_connections(
     dsn_for: Callable[[str], str], shared_postgres: str, prefix: str
 ) -> None:
+    """Calls from async_to_sync's one-call loops run in the instance's home loop
+    (layers/runtime/home.py): its pool serves them all, no connection is made per call,
+    and close() ends them."""
     dsn = dsn_for(prefix)
     layer = PostgresChannelLayer(dsn=dsn, prefix=prefix, pool_size=POOL_SIZE, capacity=10_000)
     members = ["m1", "m2", "m3"]
     for member in members:
         async_to_sync(layer.group_add)("room", member)
-    wait_until_sync(
-        count_back_to(shared_postgres, prefix, 0), "the group_adds' connections are gone", SETTLE
-    )
     with BackendCounter(shared_postgres, prefix) as sequential:
         for n in range(200):
             async_to_sync(layer.group_send)("room", {"type": "m", "n": n})
-    wait_until_sync(
-        count_back_to(shared_postgres, prefix, 0),
-        "the 200 sequential calls' connections are gone",
-        SETTLE,
-    )
 
     def calls(thread: int) -> None:
         for n in range(25):
@@ -94,11 +90,6 @@ def test_async_to_sync_calls_leave_no_connections(
         for thread in threads:
             thread.join(timeout=60)
         assert not any(thread.is_alive() for thread in threads), "a thread's calls hung"
-    wait_until_sync(
-        count_back_to(shared_postgres, prefix, 0),
-        "the 8 threads' connections are gone",
-        SETTLE,
-    )
     # Every call arrived once per member.
     counted = query(
         shared_postgres,
@@ -107,12 +98,16 @@ def test_async_to_sync_calls_leave_no_connections(
         (prefix,),
     )
     assert dict(counted) == dict.fromkeys(members, 400)
-    # One loop at a time holds at most pool_size + 1; backends of a closed loop may linger
-    # a moment on the server, hence the slack. A leak would reach the hundreds.
-    assert sequential.peak <= 2 * (POOL_SIZE + 1), f"{sequential.peak} backends at once"
-    assert threaded.peak <= 8 * (POOL_SIZE + 1) + POOL_SIZE + 1, f"{threaded.peak} at once"
+    # One pool, whatever the number of calls and threads; the same backends throughout.
+    assert sequential.peak <= POOL_SIZE, f"{sequential.peak} backends at once"
+    assert len(sequential.pids) <= POOL_SIZE, f"{len(sequential.pids)} backends in turn"
+    assert threaded.peak <= POOL_SIZE, f"{threaded.peak} backends at once"
+    assert len(threaded.pids | sequential.pids) <= POOL_SIZE, "backends were replaced"
     async_to_sync(layer.flush)()
-    wait_until_sync(count_back_to(shared_postgres, prefix, 0), "flush's connections are gone")
+    async_to_sync(layer.close)()
+    wait_until_sync(
+        count_back_to(shared_postgres, prefix, 0), "close() ended the connections", SETTLE
+    )
 
 
 async def test_200_concurrent_sends_hold_at_most_pool_size_plus_one(

@@ -1,4 +1,5 @@
-"""Connections belong to one event loop and go away with it; close() and reopening."""
+"""Connections belong to one event loop and go away with it (the home loop's with close());
+close() and reopening."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def test_connections_close_with_their_loop(own_server: RedisProcess, prefix: str
 
     for _ in range(5):
         async_to_sync(use)()
+    # The receives' connections closed with their loops; the sends ran in the instance's
+    # home loop (layers/runtime/home.py), whose one connection serves every such call.
+    assert connected_clients(own_server) == 1
+    async_to_sync(layer.close)()
     assert connected_clients(own_server) == 0
 
 
