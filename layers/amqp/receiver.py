@@ -208,6 +208,9 @@ class PlainSource(_Consuming):
 
 class LocalSource(_Consuming):
     drain = True
+    #: Only the loop holding ``layer.local_duty`` consumes (and files, in order), so the
+    #: runtime's turns between loops are not needed (layers/runtime/network.py).
+    one_loop_at_a_time = True
 
     def __init__(self, transport: Transport) -> None:
         super().__init__(transport)

@@ -59,6 +59,14 @@ class Transport(Protocol):
     def abandon(self) -> None: ...
 
 
+def _one_at_a_time(source: Source) -> bool:
+    """Whether the source itself lets only one event loop of the instance fetch at a time
+    (the RabbitMQ layer's consumer of its own queues): then loops take no turns. A turn
+    taken by a loop that may not fetch would be held for nothing, and the turn goes to
+    whoever asks first: such a loop asking again and again starved the one that fetches."""
+    return bool(getattr(source, "one_loop_at_a_time", False))
+
+
 class _Reopen(Exception):
     """Handed to the receivers of a loop being closed by ``close()``: start again."""
 
@@ -87,7 +95,7 @@ class LoopState:
                 file=layer._file,
                 failures=self.failures,
                 on_exit=lambda done: self._forget(key, done),
-                turn=layer._turn(key) if source.drain else None,
+                turn=layer._turn(key) if source.drain and not _one_at_a_time(source) else None,
             )
         return loop
 
