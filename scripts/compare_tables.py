@@ -34,7 +34,7 @@ DOCS = {
 }
 
 
-def test_areas() -> dict[str, str]:
+def suite_areas() -> dict[str, str]:
     """Test function name -> area, from the mixin of ConformanceSuite that defines it."""
     from conformance import ConformanceSuite
 
@@ -67,7 +67,7 @@ def _when(entry: dict[str, Any] | None) -> str:
 
 
 def conformance_table(results: dict[str, Any], layers: Sequence[Layer]) -> str:
-    areas = test_areas()
+    areas = suite_areas()
     total = len({name for name in areas})
     lines = [
         f"Run by `scripts/compare_layers.py` ({_when(results.get('conformance_machine'))}); "
@@ -192,14 +192,18 @@ def replace_between(text: str, name: str, table: str) -> str:
 
 
 def write_docs(tables: dict[str, str], docs: Path) -> list[Path]:
+    """Each table into its document; the documents that changed."""
     written = []
-    for name, table in tables.items():
-        path = docs / DOCS[name]
-        text = path.read_text(encoding="utf-8")
-        try:
-            updated = replace_between(text, name, table)
-        except ValueError as exc:
-            raise SystemExit(f"{path}: {exc}") from None
+    for doc in dict.fromkeys(DOCS.values()):
+        path = docs / doc
+        text = updated = path.read_text(encoding="utf-8")
+        for name, table in tables.items():
+            if DOCS[name] != doc:
+                continue
+            try:
+                updated = replace_between(updated, name, table)
+            except ValueError as exc:
+                raise SystemExit(f"{path}: {exc}") from None
         if updated != text:
             path.write_text(updated, encoding="utf-8")
             written.append(path)
