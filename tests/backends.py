@@ -136,6 +136,27 @@ class Backend:
             return len(connections(f"{self.prefix} {client_prefix}"))
         raise ValueError("the memory layer has no server to count connections on")
 
+    def cut(self, layer: Any, label: str = "default") -> int:
+        """Have the server drop every connection of one layer instance; how many."""
+        if self.name == "redis":
+            import redis
+
+            admin = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+            try:
+                ids = [c["id"] for c in admin.client_list() if c.get("name") == self._name(label)]
+                return sum(int(admin.client_kill_filter(_id=i)) for i in ids)
+            finally:
+                admin.close()
+        if self.name == "postgres":
+            from tests.postgres.harness import terminate_backends
+
+            return terminate_backends(_postgres_dsn(), self._name(label))
+        if self.name == "amqp":
+            from tests.amqp.harness import close_connections
+
+            return close_connections(f"{self.prefix} {layer.client_prefix}")
+        raise ValueError("the memory layer has no server to drop connections")
+
     def count(self, layer: Any, label: str = "default") -> int:
         return self.connections(label, layer.client_prefix)
 

@@ -184,6 +184,24 @@ def test_a_call_cancelled_in_its_loop_neither_hangs_nor_breaks_the_next(each: Ba
         async_to_sync(layer.close)()
 
 
+def test_calls_go_on_after_the_server_dropped_the_connections(networked: Backend) -> None:
+    """The connections kept between calls may be gone by the next one (a server restart,
+    an idle timeout, a proxy): the next call makes new ones, and nothing is lost."""
+    sender = networked.make("sender")
+    collector = Collector(networked.make("receiver"), GROUP)
+    try:
+        for round_ in range(3):
+            sent = [m for n in range(5) for m in push(sender, collector.channel, 10 * round_ + n)]
+            check_arrived(collector.take(len(sent)), sent, ordered=True)
+            assert networked.cut(sender, "sender") >= 1
+            settled(lambda: networked.count(sender, "sender"), lambda c: c == 0)
+        sent = [m for n in range(5) for m in push(sender, collector.channel, 100 + n)]
+        check_arrived(collector.take(len(sent)), sent, ordered=True)
+    finally:
+        collector.close()
+        async_to_sync(sender.close)()
+
+
 # -- from a plain script -------------------------------------------------------------------
 
 SCRIPT = """
