@@ -40,9 +40,10 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from bench.cli import _AddLayer, _Attach
 from bench.probe import percentiles
 from bench.runner import close_layer, describe
-from bench.targets import Target, TargetError, build_layer, parse_config, parse_target
+from bench.targets import Target, TargetError, build_layer, parse_target
 
 OPS = ("group_send", "send")
 FLOOR_LABEL = "async_to_sync(no-op)"
@@ -298,25 +299,6 @@ def table(rows: list[Row], op: str, calls: int) -> str:
 
 
 # ---------------------------------------------------------------- command line
-
-
-class _AddLayer(argparse.Action):
-    def __call__(self, parser: Any, ns: Any, values: Any, option: str | None = None) -> None:
-        ns.layers = [*(ns.layers or []), {"spec": values, "config": {}, "name": None}]
-
-
-class _Attach(argparse.Action):
-    def __call__(self, parser: Any, ns: Any, values: Any, option: str | None = None) -> None:
-        if not ns.layers:
-            parser.error(f"{option} must come after the --layer it applies to")
-        entry = ns.layers[-1]
-        if option == "--config":
-            try:
-                entry["config"] = {**entry["config"], **parse_config(values)}
-            except TargetError as exc:
-                parser.error(str(exc))
-        else:
-            entry["name"] = values
 
 
 def build_parser() -> argparse.ArgumentParser:
