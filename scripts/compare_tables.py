@@ -68,11 +68,11 @@ def _when(entry: dict[str, Any] | None) -> str:
 
 def conformance_table(results: dict[str, Any], layers: Sequence[Layer]) -> str:
     areas = suite_areas()
-    total = len({name for name in areas})
     lines = [
         f"Run by `scripts/compare_layers.py` ({_when(results.get('conformance_machine'))}); "
-        f"one serial run of the suite per layer. The suite has {total} test functions, "
-        "some parametrised. *Fails in* counts failed tests per part of the suite.",
+        f"one serial run of the suite per layer ({len(areas)} test functions, some "
+        "parametrised). *Fails in* counts failed tests per part of the suite, out of its "
+        "tests.",
         "",
         "| layer | needs | version | passed | failed | fails in |",
         "|---|---|---|--:|--:|---|",
