@@ -334,7 +334,23 @@ async def test_amqp_wrong_server_hostname_fails_clearly(tls_rabbit: Any, certs: 
 async def test_amqp_without_tls_fails_clearly(tls_rabbit: Any) -> None:
     url = f"amqp://guest:guest@127.0.0.1:{tls_rabbit.tls_port}/%2F"
     layer = _amqp_layer(url=url, retry_timeout=1.0, connect_timeout=2.0)
-    await _fails_clearly(layer, f"127.0.0.1:{tls_rabbit.tls_port}", "")
+    # The broker drops a client that speaks AMQP to its TLS port.
+    await _fails_clearly(
+        layer, f"127.0.0.1:{tls_rabbit.tls_port}", "reset by peer", "connection lost", "closed"
+    )
+
+
+async def test_amqp_connect_failure_names_its_cause() -> None:
+    """pika reports a failed connection attempt as an AMQPConnectionWorkflowFailed whose
+    str() is empty; the layer's error carries what was under it."""
+    from tests.amqp.harness import free_port
+
+    port = free_port()
+    layer = _amqp_layer(
+        url=f"amqps://guest:guest@127.0.0.1:{port}/%2F", retry_timeout=0.5, connect_timeout=1.0
+    )
+    error = await _fails_clearly(layer, f"127.0.0.1:{port}", "connection refused")
+    assert "AMQPConnectionWorkflowFailed" not in str(error)
 
 
 def test_amqp_ssl_options_are_checked(certs: Any, tmp_path: Path) -> None:

@@ -28,14 +28,39 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorPhaseErrorBase,
+)
 
 
 class Closed(Exception):
     """The channel or connection an operation needed closed first; ``reason`` says why."""
 
     def __init__(self, reason: BaseException | str) -> None:
-        super().__init__(str(reason) or type(reason).__name__)
+        super().__init__(_describe(reason))
         self.reason = reason
+
+
+def _describe(reason: BaseException | str) -> str:
+    """What went wrong, in words. A failed connection attempt reaches us wrapped in pika's
+    workflow exceptions (sometimes inside an ``AMQPConnectionError``), whose ``str()`` is
+    empty: the cause (a refused port, a certificate that did not verify, a handshake
+    timeout) is their innermost exception."""
+    for _ in range(4):  # connection error -> workflow -> connector phase -> cause
+        if (
+            isinstance(reason, pika.exceptions.AMQPConnectionError)
+            and reason.args
+            and isinstance(reason.args[0], BaseException)
+        ):
+            reason = reason.args[0]
+        elif isinstance(reason, AMQPConnectionWorkflowFailed) and reason.exceptions:
+            reason = reason.exceptions[-1]
+        elif isinstance(reason, AMQPConnectorPhaseErrorBase):
+            reason = reason.exception
+        else:
+            break
+    return str(reason) or type(reason).__name__
 
 
 class Refused(Closed):

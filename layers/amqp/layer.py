@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Hashable
@@ -34,6 +35,13 @@ class AmqpChannelLayer(NetworkLayer):
     - ``url`` (``"amqp://guest:guest@localhost:5672/%2F"``): the broker, as pika's
       ``URLParameters`` reads it (``amqps://`` for TLS, query options such as
       ``heartbeat``).
+    - ``ssl_options`` (None): for an ``amqps://`` url, how to check the broker: a dict with
+      ``ca_certs`` (CA bundle, PEM, that the broker's certificate must chain to; the
+      system's CAs when left out), ``certfile`` and ``keyfile`` (a client certificate and
+      its key, for brokers that ask for one), ``server_hostname`` (the name the
+      certificate must carry; the url's host when left out), or a ready
+      :class:`ssl.SSLContext`. It replaces pika's ``?ssl_options=`` url argument. Without
+      it, ``amqps://`` checks the broker against the system's CAs and the url's host.
     - ``connect_timeout`` (5.0), ``retry_timeout`` (5.0): seconds to connect, and how long an
       unreachable broker is retried before calls raise
       :class:`~layers.errors.BackendUnavailable` naming it.
@@ -50,6 +58,7 @@ class AmqpChannelLayer(NetworkLayer):
         self,
         *,
         url: str = DEFAULT_URL,
+        ssl_options: dict[str, str] | ssl.SSLContext | None = None,
         connect_timeout: float = 5.0,
         retry_timeout: float = 5.0,
         queue_expires: float | None = None,
@@ -64,6 +73,12 @@ class AmqpChannelLayer(NetworkLayer):
             self.parameters = pika.URLParameters(url)
         except Exception as exc:
             raise ConfigurationError(f"url {_masked(url)!r} cannot be read: {exc}") from None
+        if ssl_options is not None:
+            if self.parameters.ssl_options is None:
+                raise ConfigurationError(
+                    f"ssl_options is given but url {_masked(url)!r} is not amqps://"
+                )
+            self.parameters.ssl_options = _ssl_options(ssl_options)
         self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
         self.retry_timeout = seconds_option("retry_timeout", retry_timeout)
         expires = max(60.0, 3 * float(self.expiry)) if queue_expires is None else queue_expires
@@ -279,6 +294,37 @@ class AmqpChannelLayer(NetworkLayer):
         with self._members_lock:
             self._members.clear()
         self._buffer.clear()
+
+
+_SSL_KEYS = ("ca_certs", "certfile", "keyfile", "server_hostname")
+
+
+def _ssl_options(value: Any) -> pika.SSLOptions:
+    """The ``ssl_options`` setting as pika takes it; ConfigurationError naming what is wrong."""
+    if isinstance(value, ssl.SSLContext):
+        return pika.SSLOptions(value)
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"ssl_options must be a dict ({', '.join(_SSL_KEYS)}) or an ssl.SSLContext, "
+            f"not {value!r}"
+        )
+    unknown = sorted(set(value) - set(_SSL_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"ssl_options has unknown keys {unknown}; it takes {', '.join(_SSL_KEYS)}"
+        )
+    for key, item in value.items():
+        if not isinstance(item, str) or not item:
+            raise ConfigurationError(f"ssl_options[{key!r}] must be a non-empty str, not {item!r}")
+    if "keyfile" in value and "certfile" not in value:
+        raise ConfigurationError("ssl_options has a keyfile but no certfile")
+    try:
+        context = ssl.create_default_context(cafile=value.get("ca_certs"))
+        if "certfile" in value:
+            context.load_cert_chain(value["certfile"], value.get("keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"ssl_options {value!r} cannot be loaded: {exc}") from None
+    return pika.SSLOptions(context, value.get("server_hostname"))
 
 
 def _masked(url: str) -> str:
