@@ -178,6 +178,12 @@ LAYERS: tuple[Layer, ...] = (
         Bench("layers.amqp.AmqpChannelLayer", _url("amqp", "url")), ours=True,
     ),
     Layer(
+        # channels_rabbitmq can only be benched with --local-targets: ours the same way too.
+        "amqp-local", "ours: RabbitMQ", ("channel-layers", "pika"), "RabbitMQ", "amqp",
+        bench=Bench("layers.amqp.AmqpChannelLayer", _url("amqp", "url"), local_targets=True),
+        ours=True,
+    ),
+    Layer(
         "channels-memory", "Channels InMemoryChannelLayer", ("channels",),
         "nothing (one process)", None,
         Conformance("channels.layers:InMemoryChannelLayer", local=True),

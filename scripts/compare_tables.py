@@ -124,12 +124,20 @@ def _rows(results: dict[str, Any], layers: Sequence[Layer]) -> list[tuple[Layer,
 def _bench_header(results: dict[str, Any]) -> str:
     meta = results.get("bench_machine", {})
     sizes = " ".join(meta.get("sizes", []))
-    return (
+    text = (
         f"Run by `scripts/compare_layers.py` ({_when(meta)}; load average before each round "
         f"{meta.get('load_before_rounds', '?')}): `python -m bench {sizes}` once per layer "
         f"per round, {meta.get('repeat', '?')} rounds, every layer once in each round. Rates "
-        "and latencies are medians over the rounds; lost and duplicated are totals."
+        "and latencies are medians over the rounds; lost and duplicated are totals, out of "
+        "what the runs that started sent."
     )
+    for rerun in results.get("bench_reruns", []):
+        names = ", ".join(rerun.get("labels", []))
+        text += (
+            f" Run afterwards on their own ({_when(rerun)}, {rerun.get('repeat', '?')} "
+            f"rounds, load average {rerun.get('load_before_rounds', '?')}): {names}."
+        )
+    return text
 
 
 def _summary_cell(row: Any) -> str:
@@ -142,7 +150,7 @@ def _summary_cell(row: Any) -> str:
         text += f" ({row.p50:.2f} ms)"
     flags = []
     if row.lost:
-        flags.append(f"{row.lost:,} lost")
+        flags.append(f"{row.lost:,} of {row.expected:,} lost")
     if row.duplicated:
         flags.append(f"{row.duplicated:,} dup")
     if row.failed_runs:

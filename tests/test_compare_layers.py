@@ -104,7 +104,7 @@ def test_tables_show_counts_medians_and_losses() -> None:
     assert "| 1 | 1 | flush/close 1/1 |" in conformance
     summary = tables["bench-summary"]
     assert "| **ours: memory** |  |  | 2,000 (0.50 ms) |  |  |" in summary  # the median
-    assert "| failed |  |  | 500 (7 lost) |  |" in summary
+    assert "| failed |  |  | 500 (7 of 100 lost) |  |" in summary
     assert "setup failed: boom" in tables["bench-detail"]
 
 
