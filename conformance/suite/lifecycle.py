@@ -24,7 +24,9 @@ REQUIRED_EXTENSIONS = ("groups", "flush", "receive_many")
 
 class LifecycleChecks:
     @pytest.mark.parametrize("extension", REQUIRED_EXTENSIONS)
-    def test_extensions_include(self, layer: Any, extension: str) -> None:
+    @pytest.mark.asyncio
+    async def test_extensions_include(self, layer: Any, extension: str) -> None:
+        # In a running loop, as Channels reads it: some layers set up per loop on first use.
         offered = getattr(layer, "extensions", None)
         assert offered is not None, f"{type(layer).__name__} has no 'extensions' attribute"
         assert extension in offered, f"extensions is {offered!r}; it must include {extension!r}"
