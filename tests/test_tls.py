@@ -436,12 +436,15 @@ class TestPostgresOverTls(TlsChecks):
 
 
 async def test_postgres_verify_full(tls_postgres: Any, certs: Any) -> None:
-    """verify-full with the CA: the chain and the host name are checked."""
+    """verify-full with the CA: the chain and the host name are checked (as a URL, and
+    as conninfo for both names the certificate carries)."""
+    dsns = [tls_postgres.dsn(sslmode="verify-full", sslrootcert=str(certs.ca))]
     for host in ("127.0.0.1", "localhost"):
-        dsn = (
+        dsns.append(
             f"host={host} port={tls_postgres.port} dbname=postgres user=postgres"
             f" sslmode=verify-full sslrootcert={certs.ca}"
         )
+    for dsn in dsns:
         await _round_trip(_postgres_layer(dsn))
 
 
