@@ -133,6 +133,11 @@ class BaseLayer(BaseChannelLayer):  # type: ignore[misc]
         if not isinstance(prefix, str) or not _GROUP_NAME.fullmatch(prefix):
             raise TypeError(f"invalid new_channel prefix {prefix!r}: use {_NAME_RULE}")
         name = f"{prefix}.{self.client_prefix}!{secrets.token_hex(8)}"
+        if len(name) >= MAX_NAME_LENGTH:
+            raise TypeError(
+                f"new_channel prefix {prefix!r} is too long: the channel name it makes adds "
+                f"{len(name) - len(prefix)} characters and must be shorter than {MAX_NAME_LENGTH}"
+            )
         self.require_valid_channel_name(name)
         return name
 
@@ -298,29 +303,68 @@ def int_option(key: str, value: Any, low: int = 1, high: int | None = None) -> i
     return value
 
 
-_PACKABLE_SCALARS = (str, bytes, bytearray, float, bool, type(None))
+_PACKABLE_SCALARS = (str, bytes, bytearray, memoryview, float, bool, type(None))
+#: The deepest nesting of containers msgpack's packer takes (1.x).
+_MSGPACK_NESTING = 1024
 
 
-def _find_unpackable(value: Any, path: str = "message") -> str:
-    """Say where in a message the first value msgpack cannot carry sits, and its type."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (*_PACKABLE_SCALARS, int)):
-                return f"{path} has a key of type {type(key).__name__}"
-            found = _find_unpackable(item, f"{path}[{key!r}]")
-            if found:
-                return found
-        return ""
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _find_unpackable(item, f"{path}[{index}]")
-            if found:
-                return found
-        return ""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**64:
-            return f"{path} is an int out of the 64-bit range"
-        return ""
-    if isinstance(value, _PACKABLE_SCALARS):
-        return ""
-    return f"{path} is of type {type(value).__name__}"
+def _find_unpackable(message: Any) -> str:
+    """Say where in a message the first value msgpack cannot carry sits, and its type.
+
+    Iterative, with the containers on the current path tracked: a message nested deeper
+    than Python's recursion limit, or holding itself, must end in the ``TypeError`` that
+    names it, not in a ``RecursionError``. A path is kept as links to its parent and
+    spelled out only for the answer, so a deep message costs memory in its size only.
+    """
+    on_path: set[int] = set()
+    depth = deepest = 0
+    # (value, path, leaving): leaving marks the end of a container's items.
+    stack: list[tuple[Any, _Path, bool]] = [(message, None, False)]
+    while stack:
+        value, path, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(value))
+            depth -= 1
+            continue
+        if isinstance(value, dict | list | tuple):
+            if id(value) in on_path:
+                return f"{_spell(path)} contains itself"
+            on_path.add(id(value))
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.append((value, None, True))
+            items: list[tuple[Any, _Path]] = []
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if isinstance(key, tuple):
+                        items.append((key, (path, f"'s key {key!r}")))
+                    elif not isinstance(key, (*_PACKABLE_SCALARS, int)):
+                        return f"{_spell(path)} has a key of type {type(key).__name__}"
+                    items.append((item, (path, f"[{key!r}]")))
+            else:
+                items = [(item, (path, f"[{index}]")) for index, item in enumerate(value)]
+            stack.extend((item, where, False) for item, where in reversed(items))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**64:
+                return f"{_spell(path)} is an int out of the 64-bit range"
+            continue
+        if not isinstance(value, _PACKABLE_SCALARS):
+            return f"{_spell(path)} is of type {type(value).__name__}"
+    if deepest > _MSGPACK_NESTING:
+        return f"message is nested too deeply: {deepest} levels, msgpack takes {_MSGPACK_NESTING}"
+    return ""
+
+
+#: Where a value sits in a message: (the path of its container, its key there); None for
+#: the message itself.
+_Path = tuple[Any, str] | None
+
+
+def _spell(path: _Path) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    spelled = "message" + "".join(reversed(parts))
+    return spelled if len(spelled) <= 200 else f"{spelled[:100]}...{spelled[-100:]}"
