@@ -31,14 +31,19 @@ def parse_entries(key: bytes, entries: list[bytes], offset_ms: float) -> list[Fe
     now = time.monotonic()
     found = []
     for entry in entries:
+        # Anything may sit in a list under our prefix (another program, a bad restore): an
+        # entry no layer wrote is dropped here, never allowed to end the receive loop, which
+        # would lose the entries popped with it.
         try:
             stamp, names, payload = entry.split(b":", 2)
             left = (int(stamp) - server_now_ms) / 1000
-        except ValueError:
+            if left > 0:
+                channels = names.decode().split(",")
+        except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
             logger.warning("dropping an entry of unknown form from %r", key)
             continue
         if left > 0:
-            found.append(Fetched(names.decode().split(","), payload, now + left, (key, entry)))
+            found.append(Fetched(channels, payload, now + left, (key, entry)))
     return found
 
 
