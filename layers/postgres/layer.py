@@ -140,8 +140,20 @@ class PostgresChannelLayer(NetworkLayer):
 
     @staticmethod
     def _queue(channel: str) -> str:
+        """Where ``channel``'s messages wait: the channel itself, or for a process-local
+        channel its owner instance's one queue ``<instance>!``, whatever prefix
+        ``new_channel`` was given.
+
+        One queue per instance, not one per ``new_channel`` prefix: claim_local.sql reads
+        rows and deletes them on the next read, with one list of ids for the instance, so
+        one reader at a time may read them. Local channels of two prefixes had two receive
+        loops whose reads overwrote each other's ids, and rows were read (and delivered)
+        twice.
+        """
         bang = channel.find("!")
-        return channel if bang < 0 else channel[: bang + 1]
+        if bang < 0:
+            return channel
+        return channel[channel.rfind(".", 0, bang) + 1 : bang + 1]
 
     def _notify_target(self, queue: str) -> str:
         """The NOTIFY channel that wakes the readers of ``queue``."""
@@ -438,7 +450,17 @@ class _Transport:
         )
 
     async def take_waiting(self, keys: Sequence[Hashable]) -> list[Fetched]:
-        queues = tuple(queue for key in keys for queue in cast(SourceKey, key)[1])
+        # Not the instance's local queue: its receive loop may have read rows there that it
+        # deletes only on its next read (claim_local.sql); claimed here too, they would be
+        # delivered twice. What waits there reaches the buffer through that loop anyway.
+        queues = tuple(
+            queue
+            for key in keys
+            if not cast(SourceKey, key)[0]
+            for queue in cast(SourceKey, key)[1]
+        )
+        if not queues:
+            return []
         return to_fetched(await self._claim(queues, 1))
 
     # -- housekeeping ----------------------------------------------------------------------

@@ -12,7 +12,7 @@
 CREATE UNLOGGED TABLE IF NOT EXISTS channel_layers_v2_messages (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     prefix text NOT NULL,
-    -- the channel, or for a process-local channel its owner's queue ("name.instance!")
+    -- the channel, or for a process-local channel its owner instance's queue ("instance!")
     queue text NOT NULL,
     channel text NOT NULL,
     expires_at timestamptz NOT NULL,
