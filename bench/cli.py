@@ -29,6 +29,8 @@ amqp://...) or dotted paths (module.Class). --config, --in-process and --name ap
 --layer just before them. Exit status: 0 ok, 1 a message was delivered twice, 2 usage
 error, 3 a layer failed to import, connect or finish (see its row).
 
+python -m bench soak --help: the soak harness (mixed traffic under faults, counted exactly).
+
 example:
   python -m bench --layer memory:// \\
       --layer channels.layers.InMemoryChannelLayer --in-process \\
@@ -237,6 +239,10 @@ def run_all(jobs: list[Job], timeout: float, progress: Progress) -> list[Measure
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["soak"]:
+        from bench.soak.cli import main as soak
+
+        return soak(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeat < 1:
