@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -380,27 +381,27 @@ class LocalSource(_Consuming):
         wall, now = time.time(), time.monotonic()
         fetched: list[Fetched] = []
         for delivery in items:
+            name = self.tags.get(delivery.consumer)
             try:
                 message = envelope.unpack(delivery.body)
+                if message.kind in _NOTICES:
+                    channel = self._notice(message, name)
             except ValueError as exc:
                 logger.warning("dropping a message on %s that no layer wrote: %s", layer.inbox, exc)
                 continue
             if message.kind == envelope.QUEUE:
                 # Consumed from the next fetch on (which comes straight after this one),
                 # for a while even if no receive asks for it yet.
-                local = message.rest.decode()
-                layer.direct.add(local)
-                layer.wanted[local] = max(layer.wanted.get(local, 0.0), now)
+                layer.direct.add(channel)
+                layer.wanted[channel] = max(layer.wanted.get(channel, 0.0), now)
                 continue
             if message.kind in (envelope.ADD, envelope.DISCARD):
-                channel = message.rest.decode()
                 if layer.membership(message.kind, message.group, channel, message.deadline):
                     layer._state().spawn(self.transport.unbind_inbox(message.group))
                 continue
             left = message.deadline - wall
-            if left <= 0:
+            if not left > 0:  # a nan deadline too
                 continue
-            name = self.tags.get(delivery.consumer)
             if name:
                 channels = [name]
             elif message.kind == envelope.GROUP:
@@ -411,8 +412,31 @@ class LocalSource(_Consuming):
                 fetched.append(Fetched(channels, message.rest, now + left, None))
         return fetched
 
+    def _notice(self, message: envelope.Envelope, name: str | None) -> str:
+        """The channel a notice (QUEUE, ADD, DISCARD) is about; ValueError for one no layer
+        wrote. Its names are checked before use: a QUEUE notice makes this instance declare
+        and consume a queue, so it must name one of this instance's own channels."""
+        if name:
+            raise ValueError(f"a notice ({message.kind!r}) on {name!r}'s queue, not the inbox")
+        layer = self.transport.layer
+        channel = message.rest.decode()  # UnicodeDecodeError is a ValueError
+        try:
+            layer.require_valid_channel_name(channel)
+            if message.kind != envelope.QUEUE:
+                layer.require_valid_group_name(message.group)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if not layer.is_local_channel(channel):
+            raise ValueError(f"{channel!r} is not a channel of this instance")
+        if message.kind == envelope.ADD and not math.isfinite(message.deadline):
+            raise ValueError(f"membership deadline {message.deadline!r}")
+        return channel
+
     async def give_back(self, items: list[Fetched]) -> None:
         raise AssertionError("a draining source never gives back")
+
+
+_NOTICES = (envelope.QUEUE, envelope.ADD, envelope.DISCARD)
 
 
 def _fetched(items: list[Delivery], tags: dict[str, str]) -> list[Fetched]:
