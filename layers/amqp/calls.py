@@ -259,11 +259,17 @@ class Channel:
     async def queue_delete(self, queue: str) -> None:
         await self.call(self.raw.queue_delete, queue)
 
-    async def exchange_declare(self, exchange: str, kind: str) -> None:
+    async def exchange_declare(self, exchange: str, kind: str, *, passive: bool = False) -> None:
         """Durable, and deleted with its last binding: once every queue bound to it has
-        expired, nothing of it is left."""
+        expired, nothing of it is left. ``passive``: only check that it exists (the broker
+        refuses otherwise, closing this channel)."""
         await self.call(
-            self.raw.exchange_declare, exchange, exchange_type=kind, durable=True, auto_delete=True
+            self.raw.exchange_declare,
+            exchange,
+            exchange_type=kind,
+            passive=passive,
+            durable=True,
+            auto_delete=True,
         )
 
     async def exchange_delete(self, exchange: str) -> None:

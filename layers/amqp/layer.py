@@ -247,7 +247,8 @@ class AmqpChannelLayer(NetworkLayer):
         data = self.encode(message, group)
         body = envelope.pack(envelope.GROUP, time.time() + float(self.expiry), data, group)
         transport = self._transport()
-        await transport.ensure_exchange()
+        if not await transport.exchange_exists():
+            return  # no group under the prefix has a member
         try:
             # A nack means a member's queue was full: that member is skipped, as it should.
             await transport.publish(self.exchange, group, body)

@@ -199,15 +199,18 @@ class Transport:
                 )
                 try:
                     await declared
+                    result = await verdict
+                    if registered is not None:
+                        await registered
+                    if told is not None:
+                        await told
                 except BaseException:
-                    # The refusal closed the channel: the verdict fails with it.
-                    verdict.add_done_callback(_retrieve)
+                    # A refusal closes the channel and fails every publish after it too:
+                    # read them all, or asyncio logs each as never retrieved.
+                    for pending in (verdict, registered, told):
+                        if pending is not None:
+                            pending.add_done_callback(_retrieve)
                     raise
-                result = await verdict
-                if registered is not None:
-                    await registered
-                if told is not None:
-                    await told
                 return result
 
         result = await self.retrying(deliver, sent=lambda: written)
@@ -233,6 +236,27 @@ class Transport:
 
         await self.retrying(declare)
         self._exchange_ready = True
+
+    async def exchange_exists(self) -> bool:
+        """Whether the groups exchange is there, without making it. A group with a member
+        has it (``bind`` declares it first); one declared for a ``group_send`` while no
+        group had a member would never get a binding, so would never delete itself."""
+        if self._exchange_ready:
+            return True
+
+        async def probe() -> bool:
+            # A channel of its own: the refusal closes it, and other tasks use the shared one.
+            channel = await (await self.connection()).channel()
+            try:
+                await channel.exchange_declare(self.layer.exchange, "direct", passive=True)
+            except Refused:
+                return False
+            finally:
+                await channel.close()
+            return True
+
+        self._exchange_ready = await self.retrying(probe)
+        return self._exchange_ready
 
     def forget_exchange(self) -> None:
         self._exchange_ready = False

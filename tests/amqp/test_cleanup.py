@@ -63,3 +63,21 @@ async def test_nothing_stays_after_expiry(shared_amqp: str, prefix: str) -> None
         poll=1.0,  # each look runs rabbitmqctl three times
     )
     print(f"amqp: everything under the prefix gone {took:.1f} s after traffic stopped")
+
+
+async def test_a_group_send_to_nobody_leaves_nothing(shared_amqp: str, prefix: str) -> None:
+    # The groups exchange deletes itself with its last binding, so one declared for a
+    # group_send when no group had a member (and never bound) would stay for good.
+    sender = AmqpChannelLayer(url=shared_amqp, prefix=prefix)
+    try:
+        await sender.group_send("nobody", {"type": "m"})
+        await sender.group_send("nobody", {"type": "m"})
+        assert await asyncio.to_thread(leftovers, prefix) == []
+        # Once a member joins, the group_sends of the same instance reach it.
+        await sender.group_add("room", "plain")
+        await sender.group_send("room", {"type": "m", "n": 1})
+        assert await asyncio.wait_for(sender.receive("plain"), 5) == {"type": "m", "n": 1}
+        await sender.group_discard("room", "plain")
+    finally:
+        await sender.flush()
+        await sender.close()
