@@ -8,6 +8,10 @@
 -- receiver of an ordinary channel (fair to receivers elsewhere) and a batch for an
 -- instance's own process-local queue (it has one reader).
 --
+-- Seconds left as a difference of epochs, not of timestamps: a row whose expires_at is
+-- 'infinity' (none a layer writes) made "cannot subtract infinite timestamps" fail every
+-- claim of its queue, for good.
+--
 -- One index scan per queue, each already in id order: `queue = ANY(...)` would read and
 -- sort every row of the queues to find the first (the plan PostgreSQL before 17 makes).
 -- With several queues each may lock up to `limit` rows it does not take; they are free
@@ -26,4 +30,4 @@ WHERE id IN (
     ORDER BY head.id
     LIMIT %(limit)s
 )
-RETURNING id, queue, channel, extract(epoch FROM expires_at - now())::float8, payload
+RETURNING id, queue, channel, (extract(epoch FROM expires_at) - extract(epoch FROM now()))::float8, payload
