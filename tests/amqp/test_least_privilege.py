@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -21,7 +22,8 @@ import pytest
 from conformance import ConformanceSuite, LayerSpec
 from layers.amqp import AmqpChannelLayer
 from layers.errors import LayerError, ServerError
-from tests.amqp.harness import bindings, exchanges, queues, rabbitmqctl
+from tests.amqp.harness import RABBITMQCTL, bindings, exchanges, queues, rabbitmqctl
+from tests.conftest import in_ci
 from tests.leftovers import drive
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,6 +69,16 @@ class Account:
             *exchanges(under, vhost=self.vhost),
             *(f"{b.source} -> {b.destination}" for b in bindings(under, vhost=self.vhost)),
         ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rabbitmqctl() -> None:
+    """Vhosts and users are made, and looked at, with rabbitmqctl on this machine."""
+    if shutil.which(RABBITMQCTL) is None:
+        reason = f"{RABBITMQCTL} not found: cannot make vhosts and users"
+        if in_ci():
+            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
