@@ -224,9 +224,12 @@ def _longest(recovered: list[dict[str, float | None]]) -> Info | None:
     return best
 
 
-def throughput(nodes: list[Info], step: float = 0.5) -> Info:
-    """Deliveries per second by path, in ``step``-second bins from the start."""
+def throughput(nodes: list[Info], t0: float, step: float = 0.5) -> Info:
+    """Deliveries per second by path, and layer calls (send, group_send) per second, in
+    ``step``-second bins from the start: a dip in calls is the layer slow to take them,
+    a dip in deliveries alone is messages late or lost."""
     per = max(1, round(step / BUCKET))
+    width = per * BUCKET
     paths: dict[str, list[float]] = {}
     for node in nodes:
         for path, series in node["series"].items():
@@ -236,8 +239,16 @@ def throughput(nodes: list[Info], step: float = 0.5) -> Info:
                 slot = i // per
                 if slot >= len(bins):
                     bins.extend([0.0] * (slot + 1 - len(bins)))
-                bins[slot] += sum(counts[i : i + per]) / (per * BUCKET)
-    width = max((len(b) for b in paths.values()), default=0)
-    for bins in paths.values():
-        bins.extend([0.0] * (width - len(bins)))
-    return {"step": per * BUCKET, "paths": paths}
+                bins[slot] += sum(counts[i : i + per]) / width
+    calls: list[float] = []
+    for node in nodes:
+        for sent in node["sent"].values():
+            for at in sent["times"]:
+                slot = max(0, int((at - t0) / width))
+                if slot >= len(calls):
+                    calls.extend([0.0] * (slot + 1 - len(calls)))
+                calls[slot] += 1 / width
+    size = max([len(calls), *(len(b) for b in paths.values())])
+    for bins in [*paths.values(), calls]:
+        bins.extend([0.0] * (size - len(bins)))
+    return {"step": width, "paths": paths, "calls": calls}

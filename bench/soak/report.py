@@ -121,6 +121,9 @@ def plot(results: list[Info], path: Path) -> None:
         xs = [(i + 0.5) * step for i in range(width)]  # bin centres
         total = [sum(v[i] for v in paths.values()) for i in range(width)]
         ax.plot(xs, total, color="black", linewidth=1.2, label="all")
+        calls = r["throughput"].get("calls", [])[:width]
+        ax.plot(xs[: len(calls)], calls, color="gray", linestyle="--", linewidth=0.8,
+                label="calls (send, group_send)")  # fmt: skip
         for name, values in sorted(paths.items()):
             ax.plot(xs, values, linewidth=0.8, label=name)
         for i, f in enumerate(r["faults"]):

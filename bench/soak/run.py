@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import secrets
 import shutil
@@ -41,7 +42,8 @@ BACKENDS = {
 SETUP_TIMEOUT = 90.0
 EXIT_TIMEOUT = 30.0
 START_DELAY = 0.5
-LATE_FAULT = 1.0  # a fault this late (behind a slow one) is skipped  # from "go" to the common start time: every worker gets the order first
+LATE_FAULT = 1.0  # a fault this late (behind a slow one) is skipped
+MIN_GAP = 2.0  # seconds from the end of a fault to the start of the next, at least  # from "go" to the common start time: every worker gets the order first
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,10 @@ class Injector(threading.Thread):
         killer: Killer | None,
         server: PrivateServer | None,
         down_for: float,
+        gap: float,
     ) -> None:
         super().__init__(name="soak-faults", daemon=True)
+        self.gap = gap
         self.plan, self.t0, self.deadline = plan, t0, deadline
         self.killer, self.server, self.down_for = killer, server, down_for
         self.records: list[Info] = []
@@ -192,12 +196,17 @@ class Injector(threading.Thread):
 
     def run(self) -> None:
         try:
+            last_end = -math.inf
             for at, kind in self.plan:
-                if self.stop.wait(max(0.0, self.t0 + at - clock())):
+                # Never back to back: a fault right after a slow one (a restart) would
+                # count the first one's recovery time as the second's.
+                due = max(self.t0 + at, last_end + self.gap)
+                if self.stop.wait(max(0.0, due - clock())):
                     break
-                if clock() > max(self.deadline, self.t0 + at) + LATE_FAULT:
-                    continue  # a slow fault before it left no time to recover before the end
+                if clock() > self.deadline + LATE_FAULT:
+                    break  # too late to recover before the end
                 self.records.append(self._inject(kind))
+                last_end = clock()
         finally:
             self.finished.set()
         self.release.wait()
@@ -366,7 +375,8 @@ def _drive(
         control.send(("go", peers, t0, t_end))
     plan = schedule(params, options, result["backend"])
     deadline = t_end - settle(options, result["backend"])
-    injector = Injector(plan, t0, deadline, killer, server, options.down_for)
+    gap = max(MIN_GAP, options.fault_every / 2)
+    injector = Injector(plan, t0, deadline, killer, server, options.down_for, gap)
     injectors.append(injector)
     injector.start()
     faults = injector.records
@@ -427,7 +437,7 @@ def _drive(
             "faults_planned": len(plan),
             "layer_warnings": dict(warnings.most_common()),
             **counted,
-            "throughput": throughput(nodes),
+            "throughput": throughput(nodes, t0),
         }
     )
     result["verdict"] = verdict(result, options)
