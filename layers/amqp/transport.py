@@ -52,7 +52,10 @@ class Transport:
         self.boundary = boundary(layer.address)
         self._connection: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
-        self._publisher: Publisher | None = None
+        # Direct sends and group sends publish on channels of their own: a group_send to
+        # an exchange deleted meanwhile (its last member left, a flush elsewhere) makes
+        # the broker close its channel, failing every publish in flight on it.
+        self._publishers: dict[bool, Publisher] = {}
         self._declarer: Channel | None = None
         self._exchange_ready = False
         # Receive sources outlive their receive loops (their channels are kept).
@@ -89,7 +92,7 @@ class Transport:
                 delay = min(2 * delay, _MAX_BACKOFF)
                 continue
             self._connection = connection
-            self._publisher = None
+            self._publishers = {}
             self._declarer = None
             self._exchange_ready = False
             self.leases.forget()
@@ -291,10 +294,11 @@ class Transport:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publishing(self) -> Publisher:
-        publisher = self._publisher
+    async def _publishing(self, groups: bool = False) -> Publisher:
+        publisher = self._publishers.get(groups)
         if publisher is None or not publisher.channel.is_open:
-            publisher = self._publisher = await Publisher.open(await self.connection())
+            publisher = await Publisher.open(await self.connection())
+            self._publishers[groups] = publisher
         return publisher
 
     async def publish(
@@ -309,7 +313,7 @@ class Transport:
         async def publish() -> Verdict:
             nonlocal written
             written = False
-            publisher = await self._publishing()
+            publisher = await self._publishing(groups=exchange == self.layer.exchange)
             written = True
             return await publisher.publish(
                 exchange, routing_key, body, properties, mandatory=mandatory
@@ -392,7 +396,8 @@ class Transport:
         for source in sources:
             await source.aclose()
         connection, self._connection = self._connection, None
-        self._publisher = self._declarer = None
+        self._publishers = {}
+        self._declarer = None
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if connection is not None:

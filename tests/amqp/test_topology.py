@@ -184,3 +184,27 @@ async def test_a_capacity_beyond_amqps_prefetch_field(shared_amqp: str, prefix: 
     finally:
         await layer.flush()
         await layer.close()
+
+
+async def test_group_send_to_a_vanished_exchange_spares_direct_sends(
+    shared_amqp: str, prefix: str
+) -> None:
+    """The groups exchange deletes itself with its last binding; an instance that saw it
+    still publishes group_send there, and the broker closes the publishing channel. Sends
+    in flight beside it must not share that channel (32 of 40 failed with ServerError)."""
+    layer = AmqpChannelLayer(url=shared_amqp, prefix=prefix)
+    try:
+        await layer.send("x", {"type": "m"})
+        await layer.group_add("g", "member")
+        await layer.group_discard("g", "member")
+        await wait_until(lambda: f"{prefix}:groups" not in exchanges(prefix), "exchange gone", 10)
+        sends = [layer.send("x", {"type": "m", "n": n}) for n in range(40)]
+        results = await asyncio.gather(
+            *sends[:20], layer.group_send("g", {"type": "m"}), *sends[20:], return_exceptions=True
+        )
+        assert [r for r in results if r is not None] == []
+        # The group_send was dropped (no members); the next one is too, quietly.
+        await layer.group_send("g", {"type": "m"})
+    finally:
+        await layer.flush()
+        await layer.close()
