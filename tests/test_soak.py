@@ -200,6 +200,10 @@ def test_tally_counts_each_message_once_and_names_causes() -> None:
     # work #1 was sent in the fault window, lag #1 expired in the reader's pause (2-4 s);
     # work #4 (sent at 6.0) and lag #0 (sent at 0.1, due at 1.1) have no cause.
     assert lost == {"expiry": 1, "capacity": 0, "fault": 1, "unexplained": 2}
+    assert result["lost_by_path"] == {
+        "normal": {"fault": 1, "unexplained": 1},
+        "lag": {"expiry": 1, "unexplained": 1},
+    }
 
 
 def test_fault_schedule_leaves_time_to_recover() -> None:

@@ -123,8 +123,14 @@ def tally(
     c: Counter[str] = Counter()
     lost: Counter[str] = Counter()
     doubled: Counter[str] = Counter()  # duplicates by path
+    by_path: dict[str, Counter[str]] = {}  # losses by path, by cause
 
     def cause(path: str, dest: str, sent_at: float) -> str:
+        found = _cause(path, dest, sent_at)
+        by_path.setdefault(path, Counter())[found] += 1
+        return found
+
+    def _cause(path: str, dest: str, sent_at: float) -> str:
         if path == "tight-member":
             return "capacity"
         due = sent_at + params.expiry
@@ -202,6 +208,7 @@ def tally(
         "counts": {**dict(c), "churn_ops": churn_ops},
         "lost": {cause: lost.get(cause, 0) for cause in CAUSES},
         "duplicated_by_path": dict(doubled),
+        "lost_by_path": {path: dict(causes) for path, causes in by_path.items()},
         "recoveries": recovered,
         "windows": [(a - t0, b - t0) for a, b in windows],
         "longest_recovery": longest,
