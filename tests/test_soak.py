@@ -20,9 +20,18 @@ import pytest
 
 from bench.soak import cli
 from bench.soak.account import IN, MAYBE, OUT, Membership, tally
+from bench.soak.faults import named_config, with_query
 from bench.soak.plan import ERROR, FULL, OK, SoakParams
 from bench.soak.resources import sample
-from bench.soak.run import EXIT_CONTRACT, EXIT_DUPLICATES, EXIT_OK, Options, schedule, settle
+from bench.soak.run import (
+    EXIT_CONTRACT,
+    EXIT_DUPLICATES,
+    EXIT_OK,
+    Options,
+    schedule,
+    server_ports,
+    settle,
+)
 from layers.memory import InMemoryChannelLayer
 from tests.backends import AMQP_URL, REDIS_URL, _postgres_dsn, backend
 
@@ -228,3 +237,19 @@ def test_sockets_are_counted_from_proc() -> None:
     assert during.connections == (before.connections or 0) + 1
     assert during.states.get("ESTABLISHED", 0) >= 1
     assert during.rss_mb is not None and during.rss_mb > 0
+
+
+def test_layer_connections_are_named_and_found() -> None:
+    config = named_config("redis", {"hosts": ["redis://127.0.0.1:6380/0"]}, "soakab")
+    assert config["hosts"] == [{"address": "redis://127.0.0.1:6380/0", "client_name": "soakab"}]
+    assert server_ports("redis", config) == {6380}
+    # urlunsplit would make "postgresql:?..." of a URL without a host
+    assert with_query("postgresql://", application_name="soakab") == (
+        "postgresql://?application_name=soakab"
+    )
+    dsn = named_config("postgres", {"dsn": "postgresql://u@h/db?sslmode=require"}, "soakab")
+    assert dsn["dsn"] == "postgresql://u@h/db?sslmode=require&application_name=soakab"
+    assert server_ports("postgres", dsn) == {5432}
+    assert server_ports("postgres", {"dsn": "postgresql:///db"}) is None  # a Unix socket
+    assert server_ports("amqp", {"url": "amqps://h/%2F"}) == {5671}
+    assert server_ports("memory", {}) == frozenset()

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 CTL_TIMEOUT = 60.0
 
@@ -26,10 +26,11 @@ class FaultError(RuntimeError):
 
 
 def with_query(dsn: str, **params: str) -> str:
-    parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
-    query.update(params)
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    """``dsn`` with query parameters added or replaced; split by hand, since urlunsplit
+    drops the ``//`` of a URL without a host (``postgresql://`` means the local server)."""
+    base, _, query = dsn.partition("?")
+    merged = {**dict(parse_qsl(query)), **params}
+    return f"{base}?{urlencode(merged, quote_via=quote)}"
 
 
 def _kill_redis(url: str, name: str) -> int:

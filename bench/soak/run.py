@@ -108,7 +108,10 @@ def server_ports(backend: str | None, config: Info) -> frozenset[int] | None:
                 ports.add(urlsplit(address).port or 6379)
             return frozenset(ports) or None
         if backend == "postgres" and str(config.get("dsn", "")).startswith("postgres"):
-            return frozenset({urlsplit(config["dsn"]).port or 5432})
+            dsn = urlsplit(config["dsn"])
+            if not dsn.hostname or "host=" in dsn.query:
+                return None  # a Unix socket (libpq's default without a host): no port
+            return frozenset({dsn.port or 5432})
         if backend == "amqp":
             url = urlsplit(str(config.get("url", "")))
             return frozenset({url.port or (5671 if url.scheme == "amqps" else 5672)})
@@ -421,8 +424,11 @@ def _drive(
     nodes = sorted((node for per in done.values() for node in per), key=lambda n: n["node"])
     run_end = clock()
     counted = tally(nodes, faults, params, t0, t_end, run_end)
+    # Before any fault, pools fill up to what the load needs: the most connections seen
+    # then is the baseline, so only connections left behind by faults count as growth.
+    steady = (params.warm, faults[0]["start"] - t0 if faults else params.duration / 2)
     processes = [
-        _process(workers[i][3], pids[i], start_sample.get(i), end_sample.get(i), samples[i])
+        _process(workers[i][3], pids[i], start_sample.get(i), end_sample.get(i), samples[i], steady)
         for i in sorted(pids)
     ]
     result.update(
@@ -450,11 +456,17 @@ def _process(
     start: Sample | None,
     end: Sample | None,
     samples: list[tuple[float, Sample]],
+    steady: tuple[float, float],
 ) -> Info:
+    first = dataclasses.asdict(start) if start else None
+    if first is not None and first["connections"] is not None:
+        first["connections_after_warm_up"] = first["connections"]
+        seen = [s.connections for t, s in samples if steady[0] <= t <= steady[1]]
+        first["connections"] = max([first["connections"], *(n for n in seen if n is not None)])
     return {
         "nodes": nodes,
         "pid": pid,
-        "start": dataclasses.asdict(start) if start else None,
+        "start": first,
         "end": dataclasses.asdict(end) if end else None,
         "peak_rss_mb": max((s.rss_mb or 0.0 for _, s in samples), default=None),
         "samples": [(round(t, 2), s.rss_mb, s.connections) for t, s in samples],
