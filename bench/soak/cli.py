@@ -32,6 +32,8 @@ from bench.soak.run import (
 )
 from bench.targets import DEFAULT_LAYER, TargetError
 
+EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
+
 EPILOG = """\
 Each layer is soaked in turn: --nodes processes (all in one for memory://) send to a normal
 channel read by two competing processes, to each other's process-local channels, to groups
@@ -154,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for target in targets:
             results.append(soak(target, params, options, status))
             status.show(f"[{target.label}] done", force=True)
+    except KeyboardInterrupt:  # the workers and any private server are stopped by now
+        status.close()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         status.close()
     if not to_stdout:
