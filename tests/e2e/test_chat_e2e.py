@@ -354,6 +354,9 @@ async def chat_through(
     assert_no_duplicates(clients)
     lost = sum(1 for text, _ in chatter.sent for c in clients if text not in c.arrived)
     report["said"] = len(chatter.sent)
+    # Sends the layer refused (BackendUnavailable: in flight at the fault, or past its
+    # retry_timeout); the consumer told the sender and kept the socket.
+    report["unsent"] = sum(1 for c in clients for e in c.events if "unsent" in e)
     report["lost_deliveries"] = lost
     room = clients[0].room
     for url in site.urls:

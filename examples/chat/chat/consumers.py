@@ -7,6 +7,7 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from layers.errors import BackendUnavailable
 
 #: A room name, as it appears in URLs: group names allow only these characters.
 ROOM = r"(?P<room>[A-Za-z0-9_-]{1,64})"
@@ -24,7 +25,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     In: ``{"text": ...}`` says something to the room; ``{"leave": true}`` and
     ``{"join": true}`` leave and rejoin the room with the socket kept open (answered with
     ``{"left": room}`` / ``{"joined": room}``). Out: ``{"text": ..., "sender": ...}`` for
-    everything said in the room, the sender's own messages included.
+    everything said in the room, the sender's own messages included; ``{"unsent": ...,
+    "error": ...}`` to the sender when the layer could not take a message.
     """
 
     async def connect(self) -> None:
@@ -46,10 +48,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.channel_layer.group_add(self.group, self.channel_name)
             await self.send_json({"joined": self.room})
         elif isinstance(content.get("text"), str):
-            await self.channel_layer.group_send(
-                self.group,
-                {"type": "chat.message", "text": content["text"], "sender": self.channel_name},
-            )
+            try:
+                await self.channel_layer.group_send(
+                    self.group,
+                    {"type": "chat.message", "text": content["text"], "sender": self.channel_name},
+                )
+            except BackendUnavailable as exc:
+                # The layer's server was away longer than retry_timeout, or the connection
+                # went with this message on its way (stored or not, never twice). Say so
+                # and keep the socket: left alone, the error would end this consumer and
+                # Daphne would close the WebSocket (1011).
+                await self.send_json({"unsent": content["text"], "error": str(exc)})
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         await self.send_json({"text": event["text"], "sender": event["sender"]})
