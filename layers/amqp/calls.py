@@ -47,6 +47,11 @@ def _describe(reason: BaseException | str) -> str:
     workflow exceptions (sometimes inside an ``AMQPConnectionError``), whose ``str()`` is
     empty: the cause (a refused port, a certificate that did not verify, a handshake
     timeout) is their innermost exception."""
+    reason = _innermost(reason)
+    return str(reason) or type(reason).__name__
+
+
+def _innermost(reason: BaseException | str) -> BaseException | str:
     for _ in range(4):  # connection error -> workflow -> connector phase -> cause
         if (
             isinstance(reason, pika.exceptions.AMQPConnectionError)
@@ -60,7 +65,13 @@ def _describe(reason: BaseException | str) -> str:
             reason = reason.exception
         else:
             break
-    return str(reason) or type(reason).__name__
+    return reason
+
+
+_DENIED = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+)
 
 
 class Refused(Closed):
@@ -119,7 +130,9 @@ class Connection:
 
         def on_open_error(_: Any, error: BaseException | str) -> None:
             if not opened.done():
-                opened.set_exception(Closed(error))
+                # Wrong credentials or no access to the vhost: trying again will not help.
+                denied = isinstance(_innermost(error), _DENIED)
+                opened.set_exception(Refused(error) if denied else Closed(error))
 
         def on_close(_: Any, reason: BaseException) -> None:
             if made:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from layers.amqp import AmqpChannelLayer
-from layers.errors import BackendUnavailable
+from layers.errors import BackendUnavailable, ServerError
 from tests.amqp.harness import RabbitProcess, close_connections, connections, free_port
 from tests.waiting import wait_until
 
@@ -785,3 +785,24 @@ async def test_queue_notice_lost_with_connection(shared_amqp: str, prefix: str) 
             await receiver.flush()
             await receiver.close()
             await sender.close()
+
+
+@pytest.mark.parametrize(
+    "url, refusal",
+    [
+        ("amqp://guest:wrong@127.0.0.1:5672/%2F", "ACCESS_REFUSED"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "no-such-vhost"),
+    ],
+)
+async def test_a_refused_login_raises_at_once(prefix: str, url: str, refusal: str) -> None:
+    """Wrong credentials, or a vhost the user may not use, will not get better with
+    retries: ServerError naming the refusal at once, not BackendUnavailable after
+    retry_timeout."""
+    layer = make_layer(url, prefix, retry_timeout=30.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerError, match=refusal):
+            await layer.send("x", {"type": "m"})
+        assert time.monotonic() - started < 5
+    finally:
+        await layer.close()
