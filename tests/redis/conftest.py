@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,9 @@ from tests.conftest import in_ci
 from tests.redis.harness import REDIS_SERVER, RedisProcess, free_port, ping, start_sentinel
 
 pytest.importorskip("redis", reason="the [redis] extra is not installed")
+
+if TYPE_CHECKING:
+    from tests.redis.cluster import RedisCluster
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -73,6 +77,21 @@ def sentinel_setup(
     finally:
         sentinel.stop()
         master.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private three-master cluster (a replica each) for one test module; about 2 s."""
+    from tests.redis.cluster import RedisCluster, cluster_support  # needs redis-py
+
+    problem = cluster_support()
+    if problem is not None:
+        _unavailable(problem)
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
