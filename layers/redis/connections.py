@@ -216,8 +216,12 @@ class ShardClient:
         idempotent: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
         watch: Watch | None = None,
+        asking: bool = False,
     ) -> Any:
         """Run one command; ``timeout`` overrides the socket timeout for the reply.
+
+        With ``asking`` (a cluster's ``ASK`` redirection), ``ASKING`` goes first on the same
+        connection.
 
         With ``watch``, the command gets a connection of its own (outside the bound), and
         the connection's server id is kept there while the command runs, so that a blocked
@@ -227,7 +231,7 @@ class ShardClient:
         :class:`~layers.errors.BackendUnavailable` when the server cannot be reached.
         """
         with self._boundary:
-            return await self._call(_pack(args), idempotent, timeout, watch)
+            return await self._call(_pack(args), idempotent, timeout, watch, asking)
 
     async def _call(
         self,
@@ -235,6 +239,7 @@ class ShardClient:
         idempotent: bool,
         timeout: float | None,  # noqa: ASYNC109
         watch: Watch | None,
+        asking: bool = False,
     ) -> Any:
         """:meth:`call`, raising redis-py's ``ResponseError`` as it came."""
         blocking = watch is not None
@@ -259,7 +264,11 @@ class ShardClient:
                 try:
                     if watch is not None:
                         watch.client_id = self._client_ids.get(conn)
-                    await compat.write(conn, data, self._write_timeout)
+                    if asking:
+                        await compat.write(conn, _ASKING + data, self._write_timeout)
+                        await compat.read_reply(conn, timeout)
+                    else:
+                        await compat.write(conn, data, self._write_timeout)
                     if watch is None:
                         response = await compat.read_reply(conn, timeout)
                     else:
@@ -358,17 +367,23 @@ class ShardClient:
         )
 
     async def script(
-        self, script: Script, keys: list[Any], args: list[Any], *, idempotent: bool = False
+        self,
+        script: Script,
+        keys: list[Any],
+        args: list[Any],
+        *,
+        idempotent: bool = False,
+        asking: bool = False,
     ) -> Any:
         """Run a Lua script by SHA1, loading it first if the server does not have it."""
         data = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         with self._boundary:
             try:
-                return await self._call(data, idempotent, None, None)
+                return await self._call(data, idempotent, None, None, asking)
             except NoScriptError:
                 # Not run at all (server restarted or SCRIPT FLUSH): load it and go again.
                 await self._call(_pack(("SCRIPT", "LOAD", script.body)), True, None, None)
-                return await self._call(data, idempotent, None, None)
+                return await self._call(data, idempotent, None, None, asking)
 
     async def clock_offset_ms(self) -> float:
         """Server clock minus ours, in ms; entry expiry times are on the server clock."""
@@ -441,3 +456,4 @@ def _reason(exc: BaseException | str) -> str:
 
 
 _CLIENT_ID = _pack(("CLIENT", "ID"))
+_ASKING = _pack(("ASKING",))

@@ -11,6 +11,12 @@ Accepted forms, one per shard:
 - a Sentinel dict: ``{"sentinels": [("host", port), ...], "master_name": "mymaster",
   "sentinel_kwargs": {...}, ...}``; the other keys go to the master connections.
 
+Or, as the only entry, a Redis Cluster named by some of its nodes:
+``{"cluster": ["redis://h1:7000", "rediss://h2:7000", ("h3", 7000)], ...options}``; the
+other keys (``password``, ``username``, ``ssl_*``...) go to the connections to every node
+(:class:`ClusterSpec`). A cluster beside other entries is refused: the layer cannot both
+shard by itself and let the cluster place keys.
+
 Every connection is made with redis-py's own retry turned off: a retried script after a
 lost reply could deliver a message twice, so the layer decides itself what may be retried.
 """
@@ -40,6 +46,90 @@ class ShardSpec:
     make_pool: Callable[[dict[str, Any]], ConnectionPool]
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A Redis Cluster: the nodes to ask for the slot map, and how to reach any node."""
+
+    seeds: tuple[tuple[str, int], ...]
+    options: tuple[tuple[str, Any], ...]
+
+    @property
+    def address(self) -> str:
+        return "cluster " + ",".join(f"{host}:{port}" for host, port in self.seeds)
+
+    def node(self, host: str, port: int) -> ShardSpec:
+        """How to reach one node (a seed, or a master the slot map names)."""
+        return _from_kwargs({**dict(self.options), "host": host, "port": port})
+
+
+def parse_layout(hosts: Any) -> list[ShardSpec] | ClusterSpec:
+    """``hosts`` as plain shards, or as one cluster."""
+    if isinstance(hosts, Mapping) and "cluster" in hosts:
+        return _from_cluster(dict(hosts))
+    if isinstance(hosts, list | tuple):
+        clusters = sum(1 for host in hosts if isinstance(host, Mapping) and "cluster" in host)
+        if clusters > 1:
+            raise ConfigurationError(
+                f"hosts names {clusters} Redis Clusters: one layer uses one cluster"
+            )
+        if clusters and len(hosts) > 1:
+            raise ConfigurationError(
+                f"hosts names a Redis Cluster beside {len(hosts) - 1} other entr"
+                f"{'y' if len(hosts) == 2 else 'ies'}: a cluster must be the only hosts "
+                "entry (the cluster places keys itself; use one cluster or plain servers)"
+            )
+        if clusters:
+            return _from_cluster(dict(hosts[0]))
+    return parse_hosts(hosts)
+
+
+def _from_cluster(options: dict[str, Any]) -> ClusterSpec:
+    nodes = options.pop("cluster")
+    if isinstance(nodes, str):
+        nodes = [nodes]
+    if not isinstance(nodes, Sequence) or not nodes:
+        raise ConfigurationError(
+            f"'cluster' must list some nodes of the cluster, like "
+            f"['redis://10.0.0.1:7000'], not {nodes!r}"
+        )
+    for key in ("address", "host", "port", "path", "sentinels", "db"):
+        if key in options and not (key == "db" and options[key] in (0, None)):
+            raise ConfigurationError(
+                f"a cluster hosts entry cannot have {key!r}: name its nodes in 'cluster'"
+            )
+    seeds: list[tuple[str, int]] = []
+    for node in nodes:
+        if isinstance(node, str):
+            parts = urlsplit(node)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ConfigurationError(
+                    f"cluster node {node!r} must be a redis:// or rediss:// URL with a host"
+                )
+            if parts.path not in ("", "/", "/0"):
+                raise ConfigurationError(
+                    f"cluster node {node!r} names a database: a cluster has only db 0"
+                )
+            if parts.scheme == "rediss":
+                options.setdefault("ssl", True)
+            if parts.password is not None:
+                options.setdefault("password", parts.password)
+            if parts.username:
+                options.setdefault("username", parts.username)
+            seeds.append((parts.hostname, parts.port or 6379))
+        elif (
+            isinstance(node, Sequence)
+            and len(node) == 2
+            and isinstance(node[0], str)
+            and isinstance(node[1], int)
+        ):
+            seeds.append((node[0], node[1]))
+        else:
+            raise ConfigurationError(
+                f"cannot read cluster node {node!r}: use a redis:// URL or a (host, port) pair"
+            )
+    return ClusterSpec(tuple(seeds), tuple(sorted(options.items())))
+
+
 def parse_hosts(hosts: Any) -> list[ShardSpec]:
     # An empty list means the default server, as it does for channels_redis.
     if hosts is None or (isinstance(hosts, list | tuple) and len(hosts) == 0):
@@ -62,6 +152,10 @@ def _parse_host(host: Any) -> ShardSpec:
         return _from_url(host, {})
     if isinstance(host, Mapping):
         options = dict(host)
+        if "cluster" in options:
+            raise ConfigurationError(
+                "a Redis Cluster entry ('cluster': [...]) must be the only hosts entry"
+            )
         if "sentinels" in options:
             return _from_sentinel(options)
         address = options.pop("address", None)

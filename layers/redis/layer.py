@@ -12,8 +12,9 @@ from channels.exceptions import ChannelFull
 from layers.base import Message, int_option, seconds_option
 from layers.errors import ConfigurationError
 from layers.redis import scripts
+from layers.redis.cluster import ClusterClient, SlotClient, slot_of
 from layers.redis.connections import ShardClient
-from layers.redis.hosts import ShardSpec, parse_hosts
+from layers.redis.hosts import ClusterSpec, ShardSpec, parse_layout
 from layers.redis.receiver import RedisSource, parse_entries
 from layers.redis.sharding import shard_index
 from layers.runtime import Fetched, NetworkLayer
@@ -32,7 +33,10 @@ class RedisChannelLayer(NetworkLayer):
 
     - ``hosts`` (``["redis://127.0.0.1:6379/0"]``): the servers, one shard each; every form
       :mod:`layers.redis.hosts` accepts (``redis://``, ``rediss://``, ``unix://`` URLs,
-      ``(host, port)``, a dict of redis-py options, a Sentinel dict).
+      ``(host, port)``, a dict of redis-py options, a Sentinel dict); or, as the only entry,
+      a Redis Cluster named by some of its nodes, ``{"cluster": ["redis://h:7000", ...],
+      ...redis-py options for every node}`` (see ``layers/redis/README.md``, "Redis
+      Cluster"). A cluster beside other entries raises ConfigurationError.
     - ``block_timeout`` (5.0): seconds a blocking pop waits on the server before it is
       reissued. Replies to blocking pops are read with ``block_timeout + socket_timeout``,
       so an idle ``receive`` never trips the socket timeout.
@@ -84,7 +88,10 @@ class RedisChannelLayer(NetworkLayer):
                 "always msgpack (channels_redis's default); drop the key"
             )
         int_option("random_prefix_length", random_prefix_length, low=0)
-        self.shards: list[ShardSpec] = parse_hosts(hosts)
+        layout = parse_layout(hosts)
+        # In cluster mode a route's number is a hash slot, and keys carry hash tags.
+        self.cluster: ClusterSpec | None = layout if isinstance(layout, ClusterSpec) else None
+        self.shards: list[ShardSpec] = [] if isinstance(layout, ClusterSpec) else layout
         self.block_timeout = seconds_option("block_timeout", block_timeout)
         self.socket_timeout = seconds_option("socket_timeout", socket_timeout)
         self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
@@ -106,13 +113,20 @@ class RedisChannelLayer(NetworkLayer):
         if route is None:
             bang = channel.find("!")
             name = channel if bang < 0 else channel[: bang + 1]
-            route = (shard_index(name, len(self.shards)), f"{self.prefix}:c:{name}")
+            if self.cluster is not None:
+                key = f"{self.prefix}:c:{{{name}}}"
+                route = (slot_of(key), key)
+            else:
+                route = (shard_index(name, len(self.shards)), f"{self.prefix}:c:{name}")
             if len(self._routes) >= 4096:
                 self._routes.clear()
             self._routes[channel] = route
         return route
 
     def _group_route(self, group: str) -> Route:
+        if self.cluster is not None:
+            key = f"{self.prefix}:g:{{{group}}}"
+            return slot_of(key), key
         return shard_index(group, len(self.shards)), f"{self.prefix}:g:{group}"
 
     def _plan(self, channels: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
@@ -209,8 +223,12 @@ class RedisChannelLayer(NetworkLayer):
 
     async def flush(self) -> None:
         clients = self._clients()
-        for shard in range(len(self.shards)):
-            client = clients.client(shard)
+        nodes: list[ShardClient]
+        if clients.cluster is not None:
+            nodes = await clients.cluster.masters()
+        else:
+            nodes = [clients.shard(shard) for shard in range(len(self.shards))]
+        for client in nodes:
             cursor = 0
             while True:
                 cursor, keys = await client.call(
@@ -222,7 +240,18 @@ class RedisChannelLayer(NetworkLayer):
                     _SCAN_BATCH,
                     idempotent=True,
                 )
-                if keys:
+                if keys and clients.cluster is not None:
+                    # One UNLINK per slot: a cluster refuses keys of several slots in one.
+                    by_slot: dict[int, list[bytes]] = {}
+                    for key in keys:
+                        by_slot.setdefault(slot_of(key.decode()), []).append(key)
+                    await asyncio.gather(
+                        *(
+                            clients.cluster.slot(slot).call("UNLINK", *same, idempotent=True)
+                            for slot, same in by_slot.items()
+                        )
+                    )
+                elif keys:
                     await client.call("UNLINK", *keys, idempotent=True)
                 cursor = int(cursor)
                 if cursor == 0:
@@ -241,8 +270,21 @@ class _Transport:
             "socket_connect_timeout": layer.connect_timeout,
             "socket_keepalive": True,
         }
+        self.cluster = (
+            None
+            if layer.cluster is None
+            else ClusterClient(
+                layer.cluster, self._options, layer.retry_timeout, layer.max_connections
+            )
+        )
 
-    def client(self, shard: int) -> ShardClient:
+    def client(self, shard: int) -> ShardClient | SlotClient:
+        """The client of a route: a shard, or in cluster mode a hash slot."""
+        if self.cluster is not None:
+            return self.cluster.slot(shard)
+        return self.shard(shard)
+
+    def shard(self, shard: int) -> ShardClient:
         client = self.clients.get(shard)
         if client is None:
             layer = self.layer
@@ -257,7 +299,7 @@ class _Transport:
         return RedisSource(
             self.client(shard),
             keys,
-            drain=len(keys) == 1 and keys[0].endswith("!"),
+            drain=len(keys) == 1 and keys[0].endswith(("!", "!}")),
             block_timeout=layer.block_timeout,
             read_timeout=layer.block_timeout + layer.socket_timeout,
         )
@@ -275,8 +317,12 @@ class _Transport:
         clients, self.clients = list(self.clients.values()), {}
         for client in clients:
             await client.close()
+        if self.cluster is not None:
+            await self.cluster.close()
 
     def abandon(self) -> None:
         for client in self.clients.values():
             client.abandon()
         self.clients.clear()
+        if self.cluster is not None:
+            self.cluster.abandon()

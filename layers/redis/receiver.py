@@ -18,6 +18,7 @@ import time
 
 from layers.errors import ServerError
 from layers.redis import scripts
+from layers.redis.cluster import SlotClient
 from layers.redis.connections import ShardClient, Watch
 from layers.runtime.receiver import Fetched
 
@@ -52,7 +53,7 @@ class RedisSource:
 
     def __init__(
         self,
-        client: ShardClient,
+        client: ShardClient | SlotClient,
         keys: tuple[str, ...],
         *,
         drain: bool,

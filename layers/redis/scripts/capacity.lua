@@ -13,6 +13,12 @@ local function drop_expired(key, now)
     end
 end
 
+-- is_local(key): whether a list is shared by process-local channels: its name ends in '!'
+-- ('!}' with a cluster's hash tag, '<prefix>:c:{specific.abc!}').
+local function is_local(key)
+    return string.sub(key, -1) == '!' or string.sub(key, -2) == '!}'
+end
+
 -- count_entries(key, counts): for a list shared by many process-local channels, adds to
 -- counts[name] the number of entries naming each channel already in `counts`, and returns
 -- `counts`. Called only once the list is as long as a channel's capacity: capacity is per

@@ -28,7 +28,7 @@ for i, key in ipairs(KEYS) do
     if not room then
         drop_expired(key, now)
         room = redis.call('LLEN', key) < capacity
-        if not room and string.sub(key, -1) == '!' then
+        if not room and is_local(key) then
             local counts = {}
             for name in string.gmatch(names, '[^,]+') do counts[name] = 0 end
             count_entries(key, counts)

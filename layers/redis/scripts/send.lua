@@ -21,7 +21,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if redis.call('LLEN', key) >= capacity then
     drop_expired(key, now)
     if redis.call('LLEN', key) >= capacity then
-        if string.sub(key, -1) ~= '!' then
+        if not is_local(key) then
             return 0
         end
         if count_entries(key, {[ARGV[3]] = 0})[ARGV[3]] >= capacity then
