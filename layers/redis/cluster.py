@@ -24,6 +24,7 @@ have failed over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -31,7 +32,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
 from layers.errors import BackendUnavailable, ServerError
-from layers.redis.connections import ShardClient, Watch
+from layers.redis.connections import NotRun, ShardClient, Watch
 from layers.redis.hosts import ClusterSpec
 from layers.redis.scripts import Script
 
@@ -42,6 +43,8 @@ _MAX_BACKOFF = 0.5
 _MAX_REDIRECTS = 16
 # Seconds one node gets to answer CLUSTER SLOTS before the next one is asked.
 _MAP_NODE_TIMEOUT = 1.0
+# Seconds one node is retried before the slot map is asked again.
+_NODE_RETRY_TIMEOUT = 1.0
 
 Address = tuple[str, int]
 
@@ -73,10 +76,13 @@ class ClusterClient:
     def node(self, address: Address) -> ShardClient:
         client = self._nodes.get(address)
         if client is None:
+            # A node is retried only briefly: a master that stays unreachable is probably
+            # failing over, and the slot client then looks for the new master until the
+            # layer's retry_timeout.
             client = self._nodes[address] = ShardClient(
                 self.spec.node(*address),
                 self._pool_options,
-                self._retry_timeout,
+                min(self._retry_timeout, _NODE_RETRY_TIMEOUT),
                 self._max_connections,
             )
         return client
@@ -94,6 +100,11 @@ class ClusterClient:
         if address is None:
             raise BackendUnavailable(self.address, f"no master serves hash slot {slot}")
         return self.node(address)
+
+    def serves(self, slot: int) -> ShardClient | None:
+        """The client of the master the current map names for ``slot``, if any."""
+        address = self._map[slot] if self._map else None
+        return None if address is None else self.node(address)
 
     async def masters(self) -> list[ShardClient]:
         if not self._map:
@@ -232,22 +243,36 @@ class SlotClient:
             try:
                 return await run(node, asking_at is not None)
             except ServerError as exc:
-                cause = exc.__cause__
+                kind, where = _redirection(exc.__cause__)
                 asking_at = None
-                if isinstance(cause, MovedError):
-                    cluster.moved(cause.slot_id, cause.node_addr)
+                if kind == "MOVED" and where is not None:
+                    cluster.moved(*where)
                     continue
-                if isinstance(cause, AskError):
-                    asking_at = cause.node_addr
+                if kind == "ASK" and where is not None:
+                    asking_at = where[1]
                     continue
-                if not isinstance(cause, TryAgainError | ClusterDownError):
+                if kind not in ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"):
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + cluster._retry_timeout
                 if now + delay > deadline:
                     raise
-                if isinstance(cause, ClusterDownError):
+                if kind != "TRYAGAIN":
                     cluster.stale()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+            except NotRun:
+                # A master that cannot be reached may be failing over: once the map names
+                # another master for the slot, the call (which did not run) goes there.
+                asking_at = None
+                now = time.monotonic()
+                deadline = deadline or now + cluster._retry_timeout
+                with contextlib.suppress(BackendUnavailable):
+                    await cluster.refresh()
+                if cluster.serves(self.slot) is not node and now + delay <= deadline:
+                    continue
+                if now + delay > deadline:
+                    raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
             except BackendUnavailable:
@@ -257,3 +282,33 @@ class SlotClient:
         raise BackendUnavailable(
             cluster.address, f"hash slot {self.slot} kept moving ({_MAX_REDIRECTS} redirections)"
         )
+
+
+def _redirection(error: BaseException | None) -> tuple[str, tuple[int, Address] | None]:
+    """A cluster's refusal that did not run the command: its code (``MOVED``, ``ASK``,
+    ``TRYAGAIN``, ``CLUSTERDOWN``, ``MASTERDOWN``) and, for the first two, (slot, node).
+
+    redis-py 5.0's ordinary connections do not know these codes (only its cluster client's
+    parser does) and raise a plain ``ResponseError("MOVED 3999 10.0.0.2:7000")``; later
+    versions raise ``MovedError("3999 10.0.0.2:7000")``. Both are read here.
+    """
+    if error is None:
+        return "", None
+    if isinstance(error, MovedError):
+        kind, text = "MOVED", str(error)
+    elif isinstance(error, AskError):
+        kind, text = "ASK", str(error)
+    elif isinstance(error, TryAgainError):
+        return "TRYAGAIN", None
+    elif isinstance(error, ClusterDownError):
+        return "CLUSTERDOWN", None
+    else:
+        kind, _, text = str(error).partition(" ")
+    if kind not in ("MOVED", "ASK"):
+        return kind, None
+    try:
+        slot, node = text.split()[-2:]
+        host, port = node.rsplit(":", 1)
+        return kind, (int(slot), (host, int(port)))
+    except ValueError:
+        return kind, None

@@ -67,6 +67,11 @@ _IDLE_LIFETIME = 30.0
 _warned_client_refused: set[str] = set()
 
 
+class NotRun(BackendUnavailable):
+    """Unreachable for ``retry_timeout``, and the command did not run there (the server
+    could not be reached) or is safe to run again: a cluster may send it to another node."""
+
+
 class Watch:
     """Set while a blocking command runs: the server's id of the connection it blocks
     (None when the server does not tell it: then the pop cannot be ended early)."""
@@ -300,7 +305,7 @@ class ShardClient:
             if deadline is None:
                 deadline = now + self._retry_timeout
             if now + delay > deadline:
-                raise BackendUnavailable(self.address, _reason(error)) from error
+                raise NotRun(self.address, _reason(error)) from error
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
