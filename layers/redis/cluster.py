@@ -47,6 +47,8 @@ _MAP_NODE_TIMEOUT = 1.0
 _NODE_RETRY_TIMEOUT = 1.0
 
 Address = tuple[str, int]
+# Refusals by which a cluster says the command did not run there.
+_NOT_RUN = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
 
 
 def slot_of(key: str) -> int:
@@ -110,6 +112,57 @@ class ClusterClient:
         if not self._map:
             await self.refresh()
         return [self.node(address) for address in dict.fromkeys(self._map) if address]
+
+    async def scripts(self, calls: list[tuple[int, Script, list[Any], list[Any]]]) -> None:
+        """Run scripts (slot, script, keys, args), each at most once, pipelined per master:
+        one round trip per master, then one more per call a redirection sent elsewhere.
+        Raises the first error, once every call has been tried."""
+        if not self._map:
+            await self.refresh()
+        by_node: dict[ShardClient, list[int]] = {}
+        alone: list[int] = []
+        for index, call in enumerate(calls):
+            node = self.serves(call[0])
+            if node is None:
+                alone.append(index)
+            else:
+                by_node.setdefault(node, []).append(index)
+        errors: list[BaseException] = []
+
+        async def batch(node: ShardClient, indexes: list[int]) -> None:
+            try:
+                replies = await node.scripts([calls[i][1:] for i in indexes])
+            except NotRun:
+                alone.extend(indexes)  # nothing ran there: the slot clients find the master
+                return
+            except BackendUnavailable as exc:
+                errors.append(exc)
+                return
+            for index, reply in zip(indexes, replies, strict=True):
+                if not isinstance(reply, ServerError):
+                    continue
+                kind, where = _redirection(reply.__cause__)
+                if kind in _NOT_RUN:
+                    if kind == "MOVED" and where is not None:
+                        self.moved(*where)
+                    alone.append(index)
+                else:
+                    errors.append(reply)
+
+        await asyncio.gather(*(batch(node, indexes) for node, indexes in by_node.items()))
+
+        async def one(index: int) -> None:
+            slot, script, keys, args = calls[index]
+            try:
+                await self.slot(slot).script(script, keys, args)
+            except BackendUnavailable as exc:
+                errors.append(exc)
+            except ServerError as exc:
+                errors.append(exc)
+
+        await asyncio.gather(*(one(index) for index in alone))
+        if errors:
+            raise errors[0]
 
     def moved(self, slot: int, address: Address) -> None:
         if self._map:
@@ -251,7 +304,7 @@ class SlotClient:
                 if kind == "ASK" and where is not None:
                     asking_at = where[1]
                     continue
-                if kind not in ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"):
+                if kind not in _NOT_RUN:
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + cluster._retry_timeout

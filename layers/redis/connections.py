@@ -245,8 +245,11 @@ class ShardClient:
         timeout: float | None,  # noqa: ASYNC109
         watch: Watch | None,
         asking: bool = False,
+        replies: int = 0,
     ) -> Any:
-        """:meth:`call`, raising redis-py's ``ResponseError`` as it came."""
+        """:meth:`call`, raising redis-py's ``ResponseError`` as it came. With ``replies``,
+        ``data`` holds that many commands: their replies come back as a list, an error
+        reply as its ``ResponseError`` in its place."""
         blocking = watch is not None
         deadline: float | None = None
         delay = _FIRST_BACKOFF
@@ -274,7 +277,9 @@ class ShardClient:
                         await compat.read_reply(conn, timeout)
                     else:
                         await compat.write(conn, data, self._write_timeout)
-                    if watch is None:
+                    if replies:
+                        response = [await _reply_or_error(conn, timeout) for _ in range(replies)]
+                    elif watch is None:
                         response = await compat.read_reply(conn, timeout)
                     else:
                         response = await self._read_blocked(conn, watch, timeout)
@@ -390,6 +395,37 @@ class ShardClient:
                 await self._call(_pack(("SCRIPT", "LOAD", script.body)), True, None, None)
                 return await self._call(data, idempotent, None, None, asking)
 
+    async def scripts(self, calls: list[tuple[Script, list[Any], list[Any]]]) -> list[Any]:
+        """Run several scripts in one round trip (one write, then every reply), each at
+        most once. Returns each one's reply, or the :class:`~layers.errors.ServerError` of
+        its error reply in its place; a lost connection raises
+        :class:`~layers.errors.BackendUnavailable` for all of them (none is repeated)."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        loaded = False
+        with self._boundary:
+            while todo:
+                data = b"".join(
+                    _pack(
+                        ("EVALSHA", calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                    )
+                    for i in todo
+                )
+                replies = await self._call(data, False, None, None, replies=len(todo))
+                missing = []
+                for i, reply in zip(todo, replies, strict=True):
+                    if isinstance(reply, NoScriptError) and not loaded:
+                        missing.append(i)  # not run: load the script and go again
+                    elif isinstance(reply, ResponseError):
+                        results[i] = ServerError(self.address, compat.error_text(reply))
+                        results[i].__cause__ = reply
+                    else:
+                        results[i] = reply
+                for body in dict.fromkeys(calls[i][0].body for i in missing):
+                    await self._call(_pack(("SCRIPT", "LOAD", body)), True, None, None)
+                todo, loaded = missing, True
+        return results
+
     async def clock_offset_ms(self) -> float:
         """Server clock minus ours, in ms; entry expiry times are on the server clock."""
         if self._clock_offset_ms is None:
@@ -426,6 +462,13 @@ class ShardClient:
             compat.close_socket(conn)
         self._open.clear()
         self._client_ids.clear()
+
+
+async def _reply_or_error(conn: AbstractConnection, timeout: float | None) -> Any:  # noqa: ASYNC109
+    try:
+        return await compat.read_reply(conn, timeout)
+    except ResponseError as exc:
+        return exc
 
 
 def _cancel_was_swallowed() -> bool:

@@ -206,15 +206,22 @@ class RedisChannelLayer(NetworkLayer):
             target_shard, target_key = self._route(channel)
             lists.setdefault(target_shard, {}).setdefault(target_key, []).append(channel)
         calls = []
+        batch = []
         for target_shard, by_key in lists.items():
             args: list[Any] = [self._expiry_ms, data]
             for names in by_key.values():
                 args.append(min(self.get_capacity(name) for name in names))
                 args.append(",".join(names))
+            if clients.cluster is not None:
+                batch.append((target_shard, scripts.group_send(), list(by_key), args))
+                continue
             calls.append(
                 clients.client(target_shard).script(scripts.group_send(), list(by_key), args)
             )
-        if len(calls) == 1:
+        if clients.cluster is not None:
+            # A list per slot: one script per member list, pipelined per master.
+            await clients.cluster.scripts(batch)
+        elif len(calls) == 1:
             await calls[0]
         else:
             await asyncio.gather(*calls)
