@@ -20,8 +20,12 @@ from layers.runtime.network import NetworkLayer
 pytestmark = pytest.mark.timeout(60)
 
 
-async def where() -> int:
-    return threading.get_ident()
+async def where() -> asyncio.AbstractEventLoop:
+    """The loop a call ran in: compared by identity (thread idents are reused once a thread
+    ends, so they cannot tell a new home thread from an old one)."""
+    loop = asyncio.get_running_loop()
+    assert threading.current_thread() is not threading.main_thread()
+    return loop
 
 
 def test_one_call_loops_are_told_apart() -> None:
@@ -35,27 +39,26 @@ def test_one_call_loops_are_told_apart() -> None:
 def test_calls_share_one_thread_until_closed() -> None:
     home = Home("t", idle=30)
 
-    async def call() -> int:
+    async def call() -> asyncio.AbstractEventLoop:
         return await home.run(where())
 
     first = async_to_sync(call)()
-    assert first != threading.get_ident()
-    assert {async_to_sync(call)() for _ in range(20)} == {first}
+    assert all(async_to_sync(call)() is first for _ in range(20))
     loop = home.loop()
-    assert loop is not None and loop.is_running()
+    assert loop is first and loop.is_running()
     async_to_sync(home.close)()
     assert loop.is_closed()
     assert home.loop() is None
     # Used again, it starts again.
     again = async_to_sync(call)()
-    assert again != first
+    assert again is not first
     async_to_sync(home.close)()
 
 
 def test_idle_home_ends_and_the_next_call_starts_another() -> None:
     home = Home("t", idle=0.1)
 
-    async def call() -> int:
+    async def call() -> asyncio.AbstractEventLoop:
         return await home.run(where())
 
     first = async_to_sync(call)()
@@ -65,7 +68,7 @@ def test_idle_home_ends_and_the_next_call_starts_another() -> None:
     while not loop.is_closed() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert loop.is_closed()
-    assert async_to_sync(call)() != first
+    assert async_to_sync(call)() is not first
     async_to_sync(home.close)()
 
 
@@ -139,7 +142,7 @@ def test_many_threads_while_it_keeps_ending() -> None:
 def test_a_forked_child_starts_its_own() -> None:
     home = Home("t", idle=30)
 
-    async def call() -> int:
+    async def call() -> asyncio.AbstractEventLoop:
         return await home.run(where())
 
     parent = async_to_sync(call)()
@@ -148,7 +151,7 @@ def test_a_forked_child_starts_its_own() -> None:
     if pid == 0:  # the child: report and leave without running the parent's cleanups
         try:
             child = async_to_sync(call)()
-            os.write(write, b"ok" if child != parent else b"same thread")
+            os.write(write, b"ok" if child is not parent else b"the parent's loop")
         except BaseException as exc:
             os.write(write, repr(exc).encode()[:200])
         finally:
@@ -161,7 +164,7 @@ def test_a_forked_child_starts_its_own() -> None:
     finally:
         os.close(read)
     # The parent's home loop is untouched.
-    assert async_to_sync(call)() == parent
+    assert async_to_sync(call)() is parent
     async_to_sync(home.close)()
 
 
