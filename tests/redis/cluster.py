@@ -54,6 +54,22 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+def _server_version() -> tuple[int, ...]:
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        out = subprocess.run(
+            [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
+        )
+        version = out.stdout.split("v=", 1)[1].split()[0]
+        return tuple(int(part) for part in version.split("."))
+    return (0,)
+
+
+# Redis 7.0 added the option (and the behaviour it turns off).
+_NO_EMPTIED_MASTER_MIGRATION = (
+    ["--cluster-allow-replica-migration", "no"] if _server_version() >= (7, 0) else []
+)
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -159,6 +175,10 @@ class RedisCluster:
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 # Replicas sync at once instead of after the default 5 s wait for others.
                 "--repl-diskless-sync-delay", "0",
+                # A master emptied by a reshard stays a master (Redis 7 would make it a
+                # replica), and replicas stay with their masters, so the tests' topology
+                # stays three masters with a replica each.
+                "--cluster-migration-barrier", "999", *_NO_EMPTIED_MASTER_MIGRATION,
             ],
             stdout=log, stderr=subprocess.STDOUT, cwd=node_dir,
             preexec_fn=_die_with_parent(),
@@ -317,6 +337,8 @@ class RedisCluster:
         """SIGKILL a master; return the seconds until its replica took over its slots."""
         if not node.master or not node.slots:
             raise ValueError(f"node {node.port} is not a master with slots")
+        if not any(replica.master_id == node.id for replica in self.replicas()):
+            raise ValueError(f"master {node.port} has no replica to take over")
         proc = self.procs[node.port]
         started = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
@@ -332,3 +354,27 @@ class RedisCluster:
                     return time.monotonic() - started
             time.sleep(0.05)
         raise RuntimeError(f"no replica took over from master {node.port} within {timeout} s")
+
+    def rebalance(self, timeout: float = RESHARD_TIMEOUT) -> None:
+        """Spread the slots evenly again over every master, empty ones included."""
+        port = self.alive_ports()[0]
+        out = subprocess.run(
+            [
+                REDIS_CLI, "--cluster", "rebalance", f"127.0.0.1:{port}",
+                "--cluster-use-empty-masters", "--cluster-yes",
+            ],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster rebalance failed: {out.stdout[-2000:]}{out.stderr}"
+            )
+        self.wait_healthy(time.monotonic() + timeout)
+
+    def keys_by_master(self, pattern: str) -> dict[int, int]:
+        """How many keys matching ``pattern`` each live master holds, by port."""
+        counts = {}
+        for node in self.masters():
+            with self.client(node.port) as client:
+                counts[node.port] = sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+        return counts
