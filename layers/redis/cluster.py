@@ -135,7 +135,8 @@ class ClusterClient:
             except NotRun:
                 alone.extend(indexes)  # nothing ran there: the slot clients find the master
                 return
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, ServerError) as exc:
+                # Kept for later: the other masters' batches still run to the end.
                 errors.append(exc)
                 return
             for index, reply in zip(indexes, replies, strict=True):
@@ -155,9 +156,7 @@ class ClusterClient:
             slot, script, keys, args = calls[index]
             try:
                 await self.slot(slot).script(script, keys, args)
-            except BackendUnavailable as exc:
-                errors.append(exc)
-            except ServerError as exc:
+            except (BackendUnavailable, ServerError) as exc:
                 errors.append(exc)
 
         await asyncio.gather(*(one(index) for index in alone))
