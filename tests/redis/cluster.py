@@ -307,7 +307,19 @@ class RedisCluster:
             if problem is None:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"the cluster did not become healthy: {problem}")
+        raise RuntimeError(f"the cluster did not become healthy: {problem}\n{self.describe()}")
+
+    def describe(self) -> str:
+        """Every live node's view of the cluster, for failure messages."""
+        views = []
+        for port in self.alive_ports():
+            try:
+                with self.client(port) as client:
+                    text = client.execute_command("CLUSTER NODES").decode()
+            except redis.RedisError as exc:
+                text = repr(exc)
+            views.append(f"node {port} sees:\n{text}")
+        return "\n".join(views)
 
     # -- changes ---------------------------------------------------------------------------
 

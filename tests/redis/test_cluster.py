@@ -3,8 +3,8 @@ suite, the refusal of a cluster mixed with plain shards, and traffic while slots
 between masters and while a master dies and its replica takes over.
 
 Until the layer accepts ``{"cluster": [...]}`` these tests skip, saying so. The module's
-tests share one cluster and run in file order; the failover test comes last and brings the
-killed node back as a replica."""
+tests share one cluster and run in file order; the failover test comes last, as it leaves
+one master without a replica."""
 
 from __future__ import annotations
 
@@ -158,7 +158,14 @@ class Traffic:
         """Stop sending, let receivers take what is still queued, then stop them."""
         self.stop.set()
         deadline = time.monotonic() + drain
-        while self.missing() and time.monotonic() < deadline:  # noqa: ASYNC110 (polled state)
+        # Lost messages never come: stop once nothing new has arrived for two seconds.
+        last_count, quiet_since = -1, time.monotonic()
+        while self.missing() and time.monotonic() < deadline:
+            count = sum(len(numbers) for numbers in self.received.values())
+            if count != last_count:
+                last_count, quiet_since = count, time.monotonic()
+            elif time.monotonic() - quiet_since > 2.0:
+                break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)  # time for a duplicate to show up
         for task in self.tasks:
@@ -265,11 +272,7 @@ async def test_failover_during_traffic(cluster: RedisCluster, prefix: str) -> No
         killed.append(master)
         took.append(cluster.kill_master(master))
 
-    try:
-        traffic, silence = await run_traffic(cluster, prefix, kill)
-    finally:
-        if killed:
-            await asyncio.to_thread(cluster.restart, killed[0])
+    traffic, silence = await run_traffic(cluster, prefix, kill)
     print(f"failover of {killed[0].port} took {took[0]:.2f} s")
     print(traffic.report("failover"))
     for key, numbers in sorted(traffic.missing().items()):
