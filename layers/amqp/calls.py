@@ -314,8 +314,13 @@ class Channel:
     async def basic_qos(self, prefetch_count: int) -> None:
         """Also a barrier: when it returns, the broker has handled every frame sent on
         this channel before it (acks included), since a channel's frames are handled in
-        order. AMQP carries the count in 16 bits: a larger one becomes 65,535."""
-        await self.call(self.raw.basic_qos, prefetch_count=min(prefetch_count, MAX_PREFETCH))
+        order."""
+        await self.start_qos(prefetch_count)
+
+    def start_qos(self, prefetch_count: int) -> asyncio.Future[Any]:
+        """Write basic.qos now; a future of its reply (the barrier, for callers that do not
+        wait on it). AMQP carries the count in 16 bits: a larger one becomes 65,535."""
+        return self.start(self.raw.basic_qos, prefetch_count=min(prefetch_count, MAX_PREFETCH))
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         await self.call(self.raw.basic_cancel, consumer_tag)

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING
 
 from layers.amqp import envelope
-from layers.amqp.calls import MAX_PREFETCH, Channel, Closed, Deliveries, Delivery
+from layers.amqp.calls import Channel, Closed, Deliveries, Delivery
 from layers.runtime import Fetched
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class LocalSource(_Consuming):
             raise Closed("the consuming channel closed")
         for delivery in (*taken, *again):
             channel.raw.basic_ack(delivery.tag)
-        barrier = channel.start(channel.raw.basic_qos, prefetch_count=min(self._qos, MAX_PREFETCH))
+        barrier = channel.start_qos(self._qos)
 
         def settled(future: asyncio.Future[object]) -> None:
             if future.cancelled() or future.exception() is not None:
